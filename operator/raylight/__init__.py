@@ -1,0 +1,1 @@
+"""Raylight: train vision models on Kubernetes with Ray, Lightning and MLflow."""

@@ -1,0 +1,1 @@
+"""Run manifests on an embedded Ray instance (`raylight run`)."""

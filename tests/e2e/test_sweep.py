@@ -1,0 +1,163 @@
+"""ASHA sweeps end to end: a real local Ray (2 CPUs), a real MLflow server, results read back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from raylight.api import TuneSweep, parse_resource
+from raylight_trainer.runs import RunSettings
+from raylight_trainer.sweep import run_sweep
+from tests.unit.test_data import write_imagefolder
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_doc(name: str, **spec: object) -> dict:
+    return {
+        "apiVersion": "raylight.dev/v1alpha1", "kind": "TuneSweep", "metadata": {"name": name},
+        "spec": {
+            "trial": {"model": {"preset": "vit-nano", "depth": 1}, "data": {"dataset": "digits"},
+                      "training": {"maxEpochs": 4, "batchSize": 64}},
+            "searchSpace": {"training.learningRate": {"loguniform": [1e-4, 5e-3]}},
+            "numSamples": 6,
+            "scheduler": {"asha": {"gracePeriod": 1, "reductionFactor": 2}},
+            "mlflow": {"experiment": f"e2e-{name}"},
+            **spec,
+        },
+    }
+
+
+def as_sweep(doc: dict) -> TuneSweep:
+    resource = parse_resource(doc)
+    assert isinstance(resource, TuneSweep)
+    return resource
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> None:
+    """6 trials of 1 CPU on 2 CPUs: never more than 2 at once, none hangs; ASHA stops some early."""
+    sweep = as_sweep(sweep_doc("asha", maxConcurrentTrials=6, searchSpace={
+        "training.learningRate": {"loguniform": [1e-4, 5e-3]}, "model.dim": {"choice": [32, 64]}}))
+    result = run_sweep(sweep, RunSettings(tracking_uri=mlflow_server, storage_path=tmp_path))
+    counts = result.counts()
+    assert result.max_concurrent_trials == 2  # lowered from 6 to what fits
+    assert counts["total"] == 6 and counts["failed"] == 0
+    assert counts["stopped_early"] >= 2, counts
+    assert counts["succeeded"] + counts["stopped_early"] == 6
+
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["raylight.kind"] == "TuneSweep" and parent.data.tags["raylight.name"] == "asha"
+    assert parent.data.params["scheduler.asha.gracePeriod"] == "1"
+    assert parent.data.params["objective.metric"] == "val_acc"
+    assert "search_space.training.learningRate" in parent.data.params
+    assert result.best is not None
+    assert parent.data.metrics["best_val_acc"] == pytest.approx(result.best.metric)
+    assert parent.data.metrics["trials_stopped_early"] == counts["stopped_early"]
+
+    children = child_runs(client, result.experiment_id, result.parent_run_id)
+    assert len(children) == 6
+    by_trial = {run.data.tags["raylight.trial_id"]: run for run in children}
+    for trial in result.trials:
+        run = by_trial[trial.trial_id]
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(1, trial.epochs + 1)), (trial, steps)
+        assert run.data.tags["raylight.stopped_early"] == str(trial.state == "stopped_early").lower()
+        assert run.data.tags["raylight.state"] == trial.state
+        assert float(run.data.params["training.learningRate"]) == pytest.approx(
+            trial.config["training.learningRate"], rel=1e-6)
+        assert run.info.status == "FINISHED"
+        if trial.state == "stopped_early":
+            assert trial.epochs < 4
+    assert {"trial-spec.yaml"} <= {a.path for a in client.list_artifacts(children[0].info.run_id)}
+
+    # The best trial's checkpoint is the logged model.
+    model = mlflow.pytorch.load_model(result.model_uri)
+    assert model.cfg.dim == result.best.config["model.dim"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_failed_trial_does_not_fail_the_sweep(tmp_path: Path, mlflow_server: str) -> None:
+    write_imagefolder(tmp_path / "pets", per_class=8)
+    doc = sweep_doc("with-failure", numSamples=4, searchSpace={"data.path": {"choice": ["pets", "missing"]}})
+    doc["spec"]["trial"]["data"] = {"dataset": "imagefolder", "path": "pets"}
+    doc["spec"]["trial"]["training"]["maxEpochs"] = 1
+    doc["spec"]["trial"]["faultTolerance"] = {"maxFailures": 0}
+    result = run_sweep(as_sweep(doc), RunSettings(tracking_uri=mlflow_server, storage_path=tmp_path / "r",
+                                                  data_dir=str(tmp_path)))
+    counts = result.counts()
+    assert counts["failed"] >= 1 and counts["succeeded"] >= 1, counts
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    failed = [t for t in result.trials if t.state == "failed"]
+    for trial in failed:
+        assert trial.config["data.path"] == "missing"
+        run = client.get_run(trial.run_id)
+        assert run.info.status == "FAILED"
+        assert str(tmp_path / "missing") in run.data.tags["raylight.error"]
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path, mlflow_server: str) -> None:
+    """Kill the driver mid-sweep, run it again: finished trials stay as they were, no duplicate runs."""
+    doc = sweep_doc("resume", numSamples=5, maxConcurrentTrials=1,
+                    scheduler={"fifo": {}})
+    doc["spec"]["trial"]["training"]["maxEpochs"] = 2
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    command = [sys.executable, "-m", "raylight.cli", "run", str(manifest), "--tracking-uri", mlflow_server,
+               "--num-cpus", "2", "--output", "json"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    client = MlflowClient(mlflow_server)
+    deadline = time.monotonic() + 400
+    finished: dict[str, float] = {}
+    while len(finished) < 2:
+        assert first.poll() is None, "the first run ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(2)
+        experiment = client.get_experiment_by_name("e2e-resume")
+        if experiment is None:
+            continue
+        for run in client.search_runs([experiment.experiment_id], "tags.`raylight.kind` = 'Trial'"):
+            if run.data.metrics.get("epoch") == 2:
+                finished.setdefault(run.data.tags["raylight.trial_id"], time.time())
+    time.sleep(4)  # let Tune write its experiment state after the second trial ended
+    killed_at = time.time()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = yaml.safe_load(second.stdout)
+    assert summary["resumed"] is True
+    assert summary["trials"]["total"] == 5 and summary["trials"]["succeeded"] == 5
+
+    experiment = client.get_experiment_by_name("e2e-resume")
+    assert experiment is not None
+    parents = client.search_runs([experiment.experiment_id], "tags.`raylight.kind` = 'TuneSweep'")
+    assert len(parents) == 1 and parents[0].info.run_id == summary["mlflow"]["parentRunId"]
+    children = child_runs(client, experiment.experiment_id, parents[0].info.run_id)
+    trial_ids = [run.data.tags["raylight.trial_id"] for run in children]
+    assert sorted(trial_ids) == sorted(set(trial_ids)) and len(trial_ids) == 5
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2], (run.data.tags["raylight.trial_id"], steps)
+        if run.data.tags["raylight.trial_id"] in finished:
+            latest = max(m.timestamp for m in client.get_metric_history(run.info.run_id, "val_acc"))
+            assert latest / 1000 < killed_at, "a finished trial was trained again"

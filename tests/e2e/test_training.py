@@ -1,0 +1,86 @@
+"""TrainingJobs on a real local Ray, reported to a real MLflow server, read back as a user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from raylight.api import TrainingJob, parse_resource
+from raylight_trainer.data import load_data
+from raylight_trainer.runs import RunSettings, run_training_job
+from tests.unit.test_data import write_cifar10, write_cifar100, write_imagefolder
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+
+def job(name: str, **spec: object) -> TrainingJob:
+    doc = {"apiVersion": "raylight.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+           "spec": {"model": {"preset": "vit-nano", "depth": 2}, "training": {"maxEpochs": 1, "batchSize": 32},
+                    "mlflow": {"experiment": "e2e-jobs"}, **spec}}
+    resource = parse_resource(doc)
+    assert isinstance(resource, TrainingJob)
+    return resource
+
+
+def settings(tmp_path: Path, uri: str, data_dir: Path | None = None) -> RunSettings:
+    return RunSettings(tracking_uri=uri, storage_path=tmp_path / "results", data_dir=str(data_dir or tmp_path))
+
+
+def test_two_worker_job_is_tracked_and_its_model_predicts(tmp_path: Path, mlflow_server: str) -> None:
+    resource = job("two-workers", resources={"workers": 2, "cpusPerWorker": 1},
+                   training={"maxEpochs": 3, "batchSize": 64, "learningRate": 3e-3})
+    result = run_training_job(resource, settings(tmp_path, mlflow_server))
+    assert result.state == "succeeded", result.error
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["raylight.kind"] == "TrainingJob"
+    assert run.data.params["resources.workers"] == "2"
+    assert run.data.params["model.resolved.dim"] == "64"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "val_acc"))
+    assert [step for step, _ in history] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(result.run_id, "lr")] == [1, 2, 3]
+    best = max(value for _, value in history)
+    assert run.data.metrics["best_val_acc"] == pytest.approx(best)
+    assert best > 0.3  # ten classes: chance is 0.1
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert "trainingjob.yaml" in artifacts
+
+    # The logged model is the best checkpoint: it scores what the run reported on the same split.
+    model = mlflow.pytorch.load_model(result.model_uri)
+    data = load_data(resource.spec.data, 16)
+    images = torch.stack([data.val[i][0] for i in range(len(data.val))])  # type: ignore[arg-type]
+    labels = torch.tensor([data.val[i][1] for i in range(len(data.val))])  # type: ignore[arg-type]
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).float().mean().item()
+    # DDP's sampler pads the validation split to a multiple of the world size: one image at most.
+    assert accuracy == pytest.approx(best, abs=2.0 / len(labels))
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder", "synthetic"])
+def test_each_dataset_format_trains(tmp_path: Path, mlflow_server: str, dataset: str) -> None:
+    paths = {"cifar10": write_cifar10, "cifar100": write_cifar100, "imagefolder": write_imagefolder}
+    data: dict[str, object] = {"dataset": dataset}
+    if dataset in paths:
+        paths[dataset](tmp_path / "set")
+        data["path"] = "set"  # relative: resolved against the data directory
+    resource = job(f"format-{dataset}", data=data, model={"preset": "vit-nano", "depth": 1, "imageSize": 16})
+    result = run_training_job(resource, settings(tmp_path, mlflow_server))
+    assert result.state == "succeeded", result.error
+    assert result.epochs == 1 and result.model_uri
+    assert 0.0 <= result.metrics["val_acc"] <= 1.0
+
+
+def test_missing_dataset_fails_the_job_with_the_path(tmp_path: Path, mlflow_server: str) -> None:
+    resource = job("missing-data", data={"dataset": "imagefolder", "path": "nowhere"},
+                   faultTolerance={"maxFailures": 0})
+    result = run_training_job(resource, settings(tmp_path, mlflow_server))
+    assert result.state == "failed"
+    assert result.error and str(tmp_path / "nowhere") in result.error
+    run = MlflowClient(mlflow_server).get_run(result.run_id)
+    assert run.info.status == "FAILED" and str(tmp_path / "nowhere") in run.data.tags["raylight.error"]

@@ -1,0 +1,153 @@
+"""Spec validation: every error names the field and says what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raylight.api import ManifestError, TuneSweep, load_manifests, parse_resource
+from raylight.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def sweep(**spec: object) -> dict:
+    base: dict = {
+        "apiVersion": "raylight.dev/v1alpha1",
+        "kind": "TuneSweep",
+        "metadata": {"name": "s"},
+        "spec": {"trial": {"model": {"preset": "vit-nano"}}, "numSamples": 4},
+    }
+    base["spec"].update(spec)
+    return base
+
+
+def errors_of(doc: dict) -> list[tuple[str, str]]:
+    with pytest.raises(ManifestError) as info:
+        parse_resource(doc)
+    return [(e.path, e.message) for e in info.value.errors]
+
+
+def test_examples_validate() -> None:
+    for file in EXAMPLES.glob("*.yaml"):
+        assert load_manifests(file), file
+
+
+def test_defaults_fill_a_minimal_sweep() -> None:
+    resource = parse_resource(sweep())
+    assert isinstance(resource, TuneSweep)
+    assert resource.spec.scheduler.asha is not None
+    assert resource.spec.max_t() == resource.spec.trial.training.max_epochs
+    assert resource.spec.trial.model.resolved()["dim"] == 64
+
+
+def test_unknown_search_path_names_the_field_and_suggests() -> None:
+    errors = errors_of(sweep(searchSpace={"training.learningrate": {"uniform": [0.1, 0.2]}}))
+    assert errors[0][0] == "spec.searchSpace.training.learningrate"
+    assert "training.learningRate" in errors[0][1]
+
+
+def test_search_path_must_be_a_leaf() -> None:
+    errors = errors_of(sweep(searchSpace={"training": {"choice": [1]}}))
+    assert errors[0][0] == "spec.searchSpace.training"
+
+
+@pytest.mark.parametrize(
+    ("dist", "needle"),
+    [
+        ({"uniform": [2.0, 1.0]}, "low < high"),
+        ({"loguniform": [0.0, 1.0]}, "> 0"),
+        ({"uniform": [0.1, 0.2], "choice": [1]}, "exactly one"),
+        ({}, "exactly one"),
+    ],
+)
+def test_bad_distribution_bounds(dist: dict, needle: str) -> None:
+    errors = errors_of(sweep(searchSpace={"training.learningRate": dist}))
+    assert errors[0][0] == "spec.searchSpace.training.learningRate"
+    assert needle in errors[0][1]
+
+
+def test_search_values_outside_field_bounds() -> None:
+    errors = errors_of(sweep(searchSpace={"training.learningRate": {"loguniform": [1e-3, 50.0]}}))
+    assert errors[0][0] == "spec.searchSpace.training.learningRate"
+    assert "50.0" in errors[0][1] and "less than or equal to 10" in errors[0][1]
+
+
+def test_search_combination_that_breaks_the_model() -> None:
+    errors = errors_of(sweep(searchSpace={"model.dim": {"choice": [64, 72]}, "model.heads": {"choice": [4, 16]}}))
+    assert errors[0][0] == "spec.searchSpace"
+    assert "not a multiple of heads" in errors[0][1]
+
+
+def test_objective_metric_the_trainer_never_reports() -> None:
+    errors = errors_of(sweep(objective={"metric": "val_f2", "mode": "max"}))
+    assert errors[0][0] == "spec.objective.metric"
+    assert "val_acc" in errors[0][1]
+
+
+def test_objective_direction_must_match_metric() -> None:
+    errors = errors_of(sweep(objective={"metric": "val_loss", "mode": "max"}))
+    assert errors[0][0] == "spec.objective"
+    assert "set mode to min" in errors[0][1]
+
+
+def test_fractional_gpus_with_several_workers() -> None:
+    doc = sweep()
+    doc["spec"]["trial"]["resources"] = {"workers": 2, "gpusPerWorker": 0.5}
+    errors = errors_of(doc)
+    assert errors[0][0] == "spec.trial.resources"
+    assert "gpusPerWorker 0.5" in errors[0][1] and "workers to 1" in errors[0][1]
+
+
+def test_fractional_gpu_for_one_worker_is_fine() -> None:
+    doc = sweep()
+    doc["spec"]["trial"]["resources"] = {"workers": 1, "gpusPerWorker": 0.25}
+    assert parse_resource(doc)
+
+
+def test_every_error_is_reported_at_once() -> None:
+    doc = sweep(numSamples=0, maxConcurrentTrials=0)
+    doc["spec"]["trial"]["training"] = {"learningRate": -1, "batchSise": 3}
+    paths = {path for path, _ in errors_of(doc)}
+    assert {"spec.numSamples", "spec.maxConcurrentTrials", "spec.trial.training.learningRate",
+            "spec.trial.training.batchSise"} <= paths
+
+
+def test_concurrency_above_samples() -> None:
+    errors = errors_of(sweep(numSamples=2, maxConcurrentTrials=3))
+    assert errors[0][0] == "spec" and "maxConcurrentTrials 3" in errors[0][1]
+
+
+def test_dataset_that_reads_files_needs_a_path() -> None:
+    doc = sweep()
+    doc["spec"]["trial"]["data"] = {"dataset": "cifar10"}
+    errors = errors_of(doc)
+    assert errors[0][0] == "spec.trial.data" and "data.path" in errors[0][1]
+
+
+def test_bad_name_and_kind() -> None:
+    doc = sweep()
+    doc["metadata"]["name"] = "Bad_Name"
+    assert errors_of(doc)[0][0] == "metadata.name"
+    doc["kind"] = "Sweep"
+    assert errors_of(doc)[0][0] == "kind"
+
+
+def test_validate_command_prints_every_error_with_its_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = sweep(searchSpace={"model.depht": {"choice": [2]}})
+    bad["spec"]["trial"]["training"] = {"maxEpochs": 0}
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(bad))
+    assert main(["validate", str(file)]) == 1
+    out = capsys.readouterr().out
+    assert "spec.trial.training.maxEpochs" in out
+    assert main(["validate", str(EXAMPLES / "quickstart.yaml")]) == 0
+
+
+def test_run_refuses_an_invalid_manifest_before_starting_anything(tmp_path: Path) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(sweep(numSamples=-1)))
+    assert main(["run", str(file)]) == 2
+    assert not (tmp_path / "raylight_results").exists()

@@ -1,0 +1,120 @@
+"""Datasets in their real on-disk formats, written here; errors name the path."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raylight.api import DataSpec
+from raylight_trainer.data import DatasetError, load_data
+
+
+def write_cifar10(root: Path, per_batch: int = 20) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, per_batch).tolist(), "batch_label": name}
+        with (folder / name).open("wb") as handle:
+            pickle.dump(entry, handle)
+    with (folder / "batches.meta").open("wb") as handle:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, handle)
+    return root
+
+
+def write_cifar100(root: Path, count: int = 30) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("train", "test"):
+        entry = {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                 "fine_labels": rng.integers(0, 100, count).tolist(), "coarse_labels": [0] * count}
+        with (folder / name).open("wb") as handle:
+            pickle.dump(entry, handle)
+    with (folder / "meta").open("wb") as handle:
+        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)]}, handle)
+    return root
+
+
+def write_imagefolder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 6) -> Path:
+    rng = np.random.default_rng(2)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
+            pixels[..., index % 3] = 255
+            suffix = "png" if i % 2 else "jpg"
+            Image.fromarray(pixels).save(root / name / f"{i}.{suffix}")
+    return root
+
+
+def check(data, size: int, classes: int, chans: int) -> None:  # type: ignore[no-untyped-def]
+    assert data.num_classes == classes and data.in_chans == chans
+    for split in (data.train, data.val):
+        image, label = split[0]
+        assert image.shape == (chans, size, size) and image.dtype == torch.float32
+        assert 0 <= label < classes
+
+
+def test_digits_split_is_deterministic_and_disjoint() -> None:
+    first = load_data(DataSpec(dataset="digits"), 16)
+    second = load_data(DataSpec(dataset="digits"), 16)
+    check(first, 16, 10, 1)
+    assert len(first.train) + len(first.val) == 1797
+    assert torch.equal(first.val.images, second.val.images)  # type: ignore[attr-defined]
+    val_rows = {bytes(x.numpy()) for x in first.val.images}  # type: ignore[attr-defined]
+    train_rows = [bytes(x.numpy()) for x in first.train.images]  # type: ignore[attr-defined]
+    assert sum(row in val_rows for row in train_rows) < 20  # digits has a few exact duplicates
+
+
+def test_cifar10_python_format(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    data = load_data(DataSpec(dataset="cifar10", path=str(tmp_path)), 32)
+    check(data, 32, 10, 3)
+    assert len(data.train) == 100 and len(data.val) == 20 and data.class_names[3] == "c3"
+
+
+def test_cifar_relative_path_uses_data_dir(tmp_path: Path) -> None:
+    write_cifar10(tmp_path / "sets")
+    data = load_data(DataSpec(dataset="cifar10", path="sets/cifar-10-batches-py"), 16, data_dir=tmp_path)
+    check(data, 16, 10, 3)
+
+
+def test_cifar100_python_format(tmp_path: Path) -> None:
+    write_cifar100(tmp_path)
+    check(load_data(DataSpec(dataset="cifar100", path=str(tmp_path)), 32), 32, 100, 3)
+
+
+def test_imagefolder(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path / "pets")
+    data = load_data(DataSpec(dataset="imagefolder", path=str(tmp_path / "pets"), validationFraction=0.25), 16)
+    check(data, 16, 2, 3)
+    assert data.class_names == ["cat", "dog"] and len(data.val) == 3
+
+
+def test_synthetic() -> None:
+    check(load_data(DataSpec(dataset="synthetic", syntheticClasses=4, syntheticSamples=64), 8), 8, 4, 3)
+
+
+def test_missing_cifar_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=str(tmp_path / "nope")):
+        load_data(DataSpec(dataset="cifar10", path=str(tmp_path / "nope")), 32)
+
+
+def test_malformed_cifar_names_the_file(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match="data_batch_2"):
+        load_data(DataSpec(dataset="cifar10", path=str(tmp_path)), 32)
+
+
+def test_imagefolder_without_classes(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="empty"):
+        load_data(DataSpec(dataset="imagefolder", path=str(tmp_path / "empty")), 16)

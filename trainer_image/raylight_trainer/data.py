@@ -1,0 +1,251 @@
+"""Datasets: digits (bundled), CIFAR-10/100 (python format on disk), ImageFolder, synthetic.
+
+Every loader returns train and validation `torch.utils.data.Dataset`s of (image, label) with
+images as float tensors (C, imageSize, imageSize), normalised, training ones augmented.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets as tv_datasets
+from torchvision.transforms import v2 as T
+
+from raylight.api import DataSpec
+
+# The validation split must not depend on the trial's seed: trials are compared on it.
+SPLIT_SEED = 0
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DatasetError(ValueError):
+    """A dataset that is missing or malformed; the message names the path and the expected layout."""
+
+
+@dataclass
+class ImageData:
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    in_chans: int
+    class_names: list[str]
+
+
+class TensorImages(Dataset):
+    """Images held in memory as a uint8 or float tensor (N, C, H, W), transformed per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: T.Transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), int(self.labels[index])
+
+
+class Transformed(Dataset):
+    """A view of a dataset with its own transform (train and val share files, not augmentation)."""
+
+    def __init__(self, base: Dataset, transform: T.Transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return self.transform(image), int(label)
+
+
+def _split(count: int, fraction: float) -> tuple[list[int], list[int]]:
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    n_val = max(1, round(count * fraction))
+    return order[n_val:], order[:n_val]
+
+
+def _tensor_transforms(
+    size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool, flip: bool, shift_divisor: int = 8
+) -> T.Compose:
+    steps: list[T.Transform] = [T.ToDtype(torch.float32, scale=True), T.Resize(size, antialias=True)]
+    if train:
+        steps.append(T.RandomCrop(size, padding=max(1, size // shift_divisor), padding_mode="edge"))
+        if flip:
+            steps.append(T.RandomHorizontalFlip())
+    steps.append(T.Normalize(mean, std))
+    return T.Compose(steps)
+
+
+def load_digits(spec: DataSpec, image_size: int) -> ImageData:
+    """scikit-learn's 8x8 digits (1797 images, bundled with the package), upscaled to imageSize."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = (torch.from_numpy(bunch.images).float() * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    train_idx, val_idx = _split(len(labels), spec.validation_fraction)
+    mean, std = (0.3,), (0.38,)
+    # No flips (a mirrored digit is another symbol) and shifts of at most half a source pixel:
+    # at 8x8 a whole pixel is an eighth of the glyph and costs more accuracy than it buys.
+    train_tf = _tensor_transforms(image_size, mean, std, True, False, shift_divisor=16)
+    return ImageData(
+        train=TensorImages(images[train_idx], labels[train_idx], train_tf),
+        val=TensorImages(images[val_idx], labels[val_idx], _tensor_transforms(image_size, mean, std, False, False)),
+        num_classes=10,
+        in_chans=1,
+        class_names=[str(d) for d in range(10)],
+    )
+
+
+def _cifar_root(path: Path, variant: str) -> Path:
+    """Accept the extracted folder itself or its parent."""
+    folder = "cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python"
+    if (path / folder).is_dir():
+        return path
+    if path.name == folder and path.is_dir():
+        return path.parent
+    raise DatasetError(
+        f"{variant} directory {path} not found: expected {path / folder} (the python version of the dataset, "
+        f"extracted) or that folder itself; set data.path or --data-dir"
+    )
+
+
+def _read_cifar_batch(file: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        with file.open("rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+        data = torch.as_tensor(entry["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
+        labels = torch.as_tensor(entry[label_key], dtype=torch.long)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"missing CIFAR file {file}") from exc
+    except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError) as exc:
+        raise DatasetError(f"malformed CIFAR file {file}: {exc}") from exc
+    if len(labels) != len(data):
+        raise DatasetError(f"malformed CIFAR file {file}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def load_cifar(spec: DataSpec, image_size: int, data_dir: Path | None) -> ImageData:
+    """CIFAR-10/100 in the python pickle format (the layout torchvision's CIFAR10 reads).
+
+    Read here without torchvision's checksum check, so re-packed or subsampled copies work.
+    """
+    variant = spec.dataset
+    root = _cifar_root(_resolve(spec.path, data_dir), variant)
+    if variant == "cifar10":
+        base = root / "cifar-10-batches-py"
+        train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
+        val_files, label_key = [base / "test_batch"], "labels"
+        meta_file, names_key = base / "batches.meta", "label_names"
+    else:
+        base = root / "cifar-100-python"
+        train_files, val_files, label_key = [base / "train"], [base / "test"], "fine_labels"
+        meta_file, names_key = base / "meta", "fine_label_names"
+    present = [f for f in train_files if f.exists()]
+    if not present:
+        raise DatasetError(f"no training batches in {base}: expected {', '.join(f.name for f in train_files)}")
+    train = [_read_cifar_batch(f, label_key) for f in present]
+    val = [_read_cifar_batch(f, label_key) for f in val_files]
+    num_classes = 10 if variant == "cifar10" else 100
+    names = [str(i) for i in range(num_classes)]
+    if meta_file.exists():
+        with meta_file.open("rb") as handle:
+            names = list(pickle.load(handle, encoding="latin1")[names_key])
+    train_x, train_y = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
+    val_x, val_y = torch.cat([x for x, _ in val]), torch.cat([y for _, y in val])
+    for split, labels in (("train", train_y), ("test", val_y)):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DatasetError(f"malformed {variant} {split} labels in {base}: outside 0..{num_classes - 1}")
+    return ImageData(
+        train=TensorImages(train_x, train_y, _tensor_transforms(image_size, CIFAR_MEAN, CIFAR_STD, True, True)),
+        val=TensorImages(val_x, val_y, _tensor_transforms(image_size, CIFAR_MEAN, CIFAR_STD, False, True)),
+        num_classes=num_classes,
+        in_chans=3,
+        class_names=names,
+    )
+
+
+def load_imagefolder(spec: DataSpec, image_size: int, data_dir: Path | None) -> ImageData:
+    """`path/CLASS/*.png|jpg`; or `path/train/CLASS/...` and `path/val/CLASS/...` when both exist."""
+    root = _resolve(spec.path, data_dir)
+    if not root.is_dir():
+        raise DatasetError(f"imagefolder directory {root} not found; set data.path or --data-dir")
+    to_image = [T.ToImage(), T.RGB()]
+    train_tf = T.Compose([
+        *to_image, T.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True), T.RandomHorizontalFlip(),
+        T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    val_tf = T.Compose([
+        *to_image, T.Resize(image_size, antialias=True), T.CenterCrop(image_size),
+        T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    try:
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            train_base = tv_datasets.ImageFolder(str(root / "train"))
+            val_base = tv_datasets.ImageFolder(str(root / "val"))
+            if val_base.classes != train_base.classes:
+                raise DatasetError(f"{root}/val has classes {val_base.classes}, {root}/train has {train_base.classes}")
+            train_set: Dataset = Transformed(train_base, train_tf)
+            val_set: Dataset = Transformed(val_base, val_tf)
+            classes = train_base.classes
+        else:
+            base = tv_datasets.ImageFolder(str(root))
+            train_idx, val_idx = _split(len(base), spec.validation_fraction)
+            train_set = Subset(Transformed(base, train_tf), train_idx)
+            val_set = Subset(Transformed(base, val_tf), val_idx)
+            classes = base.classes
+    except FileNotFoundError as exc:
+        raise DatasetError(
+            f"imagefolder {root} is malformed: {exc}. Expected one sub-directory per class holding images"
+        ) from exc
+    if len(classes) < 2:
+        raise DatasetError(f"imagefolder {root} has {len(classes)} class folder(s); at least 2 are needed")
+    return ImageData(train=train_set, val=val_set, num_classes=len(classes), in_chans=3, class_names=classes)
+
+
+def load_synthetic(spec: DataSpec, image_size: int) -> ImageData:
+    """Random images whose class sets the mean colour: learnable, for smoke tests and benchmarks."""
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    labels = torch.randint(0, spec.synthetic_classes, (spec.synthetic_samples,), generator=generator)
+    palette = torch.rand(spec.synthetic_classes, 3, 1, 1, generator=generator)
+    noise = torch.rand(spec.synthetic_samples, 3, image_size, image_size, generator=generator)
+    images = (0.6 * palette[labels] + 0.4 * noise).mul(255).to(torch.uint8)
+    train_idx, val_idx = _split(len(labels), spec.validation_fraction)
+    tf = _tensor_transforms(image_size, (0.5,) * 3, (0.25,) * 3, False, False)
+    return ImageData(
+        train=TensorImages(images[train_idx], labels[train_idx], tf),
+        val=TensorImages(images[val_idx], labels[val_idx], tf),
+        num_classes=spec.synthetic_classes,
+        in_chans=3,
+        class_names=[f"class{i}" for i in range(spec.synthetic_classes)],
+    )
+
+
+def _resolve(path: str | None, data_dir: Path | None) -> Path:
+    assert path, "data.path is required (checked by the spec)"
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute() and data_dir is not None:
+        candidate = data_dir / candidate
+    return candidate.resolve()
+
+
+def load_data(spec: DataSpec, image_size: int, data_dir: str | Path | None = None) -> ImageData:
+    base_dir = Path(data_dir) if data_dir else None
+    if spec.dataset == "digits":
+        return load_digits(spec, image_size)
+    if spec.dataset in ("cifar10", "cifar100"):
+        return load_cifar(spec, image_size, base_dir)
+    if spec.dataset == "imagefolder":
+        return load_imagefolder(spec, image_size, base_dir)
+    return load_synthetic(spec, image_size)
+
+
+def dataset_shape(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[int, int]:
+    """(num_classes, in_chans) without building transforms twice: used to size the model."""
+    data = load_data(spec, 8, data_dir)
+    return data.num_classes, data.in_chans

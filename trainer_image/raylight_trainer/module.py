@@ -1,0 +1,87 @@
+"""Lightning module: ViT classification with label smoothing, AdamW groups, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .model import VisionTransformer, ViTConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay only weight matrices: norms, biases and embeddings are left alone."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name in skip or name.split(".")[-1] in skip:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear from ~0 to 1 over warmup, then cosine to 0 at total_steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class ImageClassifier(pl.LightningModule):
+    def __init__(self, model: dict[str, Any], training: dict[str, Any]) -> None:
+        """model: ViTConfig fields; training: the TrainingSpec (snake_case)."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ViTConfig(**model)
+        self.net = VisionTransformer(self.config)
+        self.training_spec = training
+        self.val_acc = MulticlassAccuracy(num_classes=self.config.num_classes, average="micro")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels, label_smoothing=self.training_spec["label_smoothing"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=False, on_epoch=True)  # type: ignore[union-attr]
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log("val_loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(labels))
+        # torchmetrics syncs counts across DDP ranks, so accuracy is over the whole split.
+        self.val_acc.update(logits, labels)
+        self.log("val_acc", self.val_acc, batch_size=len(labels))
+
+    def on_validation_epoch_end(self) -> None:
+        # Completed epochs: ASHA's time axis (Ray's own "epoch" counts from 0).
+        self.log("epochs", float(self.current_epoch + 1))
+
+    def configure_optimizers(self) -> Any:
+        spec = self.training_spec
+        groups = parameter_groups(self.net, spec["weight_decay"])
+        if spec["optimizer"] == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=spec["learning_rate"], momentum=spec["momentum"], nesterov=True
+            )
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=spec["learning_rate"], betas=(0.9, 0.999))
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = int(spec["warmup_epochs"] * per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,88 @@
+"""Resource requests that always fit the Ray cluster, or a clear error when they never can.
+
+Why this exists: a Tune trial that wraps a Ray Train `TorchTrainer` holds two reservations,
+its own (the trial driver) and the worker group's placement group, which Tune does not see.
+Tune therefore starts trials whose worker groups cannot all fit, and the ones left waiting
+retry "worker group startup timed out" forever. Three rules prevent that:
+
+1. The trial driver reserves no CPU or GPU (only a little memory), so it never takes the
+   share a worker group needs (0.01 CPU per driver made 2 x (1 + 0.01) > 2 CPUs).
+2. Concurrency is capped at the number of worker groups that fit in the cluster at once.
+3. Ray Train frees the placement group of a trial that ASHA stops only through a cleaner
+   actor that watches the controller via Ray's State API, which the dashboard serves; without
+   it (`ray[tune,train]` does not install it) every stopped trial leaks its CPUs. We run Ray
+   with the dashboard (`ray[default]`) and refuse to start a sweep when the State API is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from raylight.api import TrialSpec
+
+# What a trial driver reserves: it needs memory for Python and MLflow, and nothing else.
+TRIAL_DRIVER_RESOURCES: dict[str, float] = {"cpu": 0.0, "memory": float(64 * 2**20)}
+_EPSILON = 1e-6
+
+
+class ResourceError(ValueError):
+    """A request that can never be satisfied by this Ray cluster."""
+
+
+def trial_demand(spec: TrialSpec) -> dict[str, float]:
+    """CPU and GPU one run's worker group reserves."""
+    res = spec.resources
+    demand = {"CPU": res.workers * res.cpus_per_worker}
+    if res.gpus_per_worker:
+        demand["GPU"] = res.workers * res.gpus_per_worker
+    return demand
+
+
+def check_fits(spec: TrialSpec, cluster: Mapping[str, float], nodes: Iterable[Mapping[str, float]] = (),
+               field: str = "spec.resources") -> None:
+    """Raise ResourceError (naming the field) when one run can never be placed."""
+    res = spec.resources
+    worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    for name, amount in trial_demand(spec).items():
+        have = float(cluster.get(name, 0.0))
+        if amount > have + _EPSILON:
+            hint = ("lower workers or cpusPerWorker" if name == "CPU"
+                    else "lower workers or gpusPerWorker, or run on a cluster with GPUs")
+            raise ResourceError(
+                f"{field}: one run needs {amount:g} {name} ({res.workers} workers x {worker[name]:g}) "
+                f"but the Ray cluster has {have:g}; {hint}"
+            )
+    node_list = list(nodes)
+    if node_list:
+        for name, amount in worker.items():
+            largest = max(float(node.get(name, 0.0)) for node in node_list)
+            if amount > largest + _EPSILON:
+                raise ResourceError(
+                    f"{field}: one worker needs {amount:g} {name} but the largest Ray node has {largest:g}; "
+                    f"lower the per-worker request and raise workers instead"
+                )
+
+
+def concurrency_that_fits(spec: TrialSpec, cluster: Mapping[str, float], requested: int | None,
+                          num_samples: int) -> int:
+    """How many trials can run at once with every worker group placed (at least 1)."""
+    check_fits(spec, cluster, field="spec.trial.resources")
+    fits = min(
+        math.floor(float(cluster.get(name, 0.0)) / amount + _EPSILON)
+        for name, amount in trial_demand(spec).items()
+        if amount > 0
+    )
+    wanted = requested if requested is not None else num_samples
+    return max(1, min(fits, wanted, num_samples))
+
+
+def state_api_available() -> bool:
+    """Whether Ray's State API answers (Ray Train needs it to free stopped trials' resources)."""
+    try:
+        from ray.util.state import list_actors
+
+        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,150 @@
+"""A TrainingJob: one distributed run, tracked as one MLflow run; helpers shared with sweeps."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from raylight.api import TrainingJob
+
+from .resources import check_fits
+from .tracking import (
+    TAG_KIND,
+    TAG_NAME,
+    TAG_NAMESPACE,
+    TAG_STATE,
+    ensure_experiment,
+    find_or_create_run,
+    flatten,
+    log_model,
+    log_params,
+    log_yaml,
+)
+from .train import build_trainer, input_shape, load_checkpoint_model
+
+
+@dataclass
+class RunSettings:
+    """Where a run keeps its state: MLflow, Ray storage (checkpoints, Tune state), datasets."""
+
+    tracking_uri: str
+    storage_path: Path
+    data_dir: str | None = None
+    artifact_root: Path | None = None  # set for local (file/SQLite) MLflow stores
+
+
+@dataclass
+class JobResult:
+    name: str
+    namespace: str
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    run_id: str
+    state: str
+    epochs: int
+    metric: float | None
+    metrics: dict[str, float]
+    model_uri: str | None
+    error: str | None
+    wall_seconds: float
+
+
+def set_final(client: MlflowClient, run_id: str, status: str) -> None:
+    client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
+
+
+def best_checkpoint_model(run_dir: Path, metric: str, mode: str) -> torch.nn.Module | None:
+    """The model at the best checkpoint of a Ray Train run directory (None if it kept none)."""
+    from ray.train import Result
+
+    if not run_dir.exists():
+        return None
+    try:
+        result = Result.from_path(str(run_dir))
+    except Exception:
+        return None
+    candidates = [(ckpt, m) for ckpt, m in (result.best_checkpoints or []) if metric in m]
+    if not candidates:
+        return None
+    pick = max if mode == "max" else min
+    checkpoint, _ = pick(candidates, key=lambda item: float(item[1][metric]))
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint_model(directory)
+
+
+def run_training_job(job: TrainingJob, settings: RunSettings) -> JobResult:
+    """Train one TrainingJob on the connected Ray cluster, tracked in MLflow."""
+    started = time.monotonic()
+    spec, name, namespace = job.spec, job.metadata.name, job.metadata.namespace
+    check_fits(spec, ray.cluster_resources(), _node_resources())
+    client = MlflowClient(settings.tracking_uri)
+    experiment_name = spec.mlflow.experiment or name
+    experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
+    run_id, created = find_or_create_run(
+        client, experiment_id, run_name=name,
+        tags={TAG_KIND: "TrainingJob", TAG_NAME: name, TAG_NAMESPACE: namespace},
+    )
+    if created:
+        resolved = spec.model_dump(mode="json", by_alias=True)
+        resolved["model"]["resolved"] = dict(spec.model.resolved())
+        log_params(client, run_id, flatten(resolved))
+        log_yaml(client, run_id, job.model_dump(mode="json", by_alias=True, exclude_none=True), "trainingjob.yaml")
+    metric, mode = spec.objective.metric, spec.objective.mode
+    run_dir = settings.storage_path / namespace / name
+    trainer = build_trainer(
+        spec, spec.objective, name=name, storage_path=run_dir.parent,
+        tracking_uri=settings.tracking_uri, run_id=run_id, data_dir=settings.data_dir,
+    )
+    error: str | None = None
+    try:
+        trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; report the root cause
+        error = _root_cause(exc)
+    history = {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        for key in ("val_acc", "val_loss", "train_loss")
+    }
+    epochs = len(history.get(metric, []))
+    values = [v for _, v in history.get(metric, []) if math.isfinite(v)]
+    best_value = (max(values) if mode == "max" else min(values)) if values else None
+    model_uri = None
+    if error is None:
+        model = best_checkpoint_model(run_dir, metric, mode)
+        if model is not None:
+            model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
+                                      spec.mlflow.registered_model_name)
+        if best_value is not None:
+            client.log_metric(run_id, f"best_{metric}", best_value)
+    state = "failed" if error else "succeeded"
+    client.set_tag(run_id, TAG_STATE, state)
+    if error:
+        client.set_tag(run_id, "raylight.error", error[:5000])
+    set_final(client, run_id, RunStatus.to_string(RunStatus.FAILED if error else RunStatus.FINISHED))
+    last = {key: values_[-1][1] for key, values_ in history.items() if values_}
+    return JobResult(
+        name=name, namespace=namespace, tracking_uri=settings.tracking_uri, experiment_id=experiment_id,
+        experiment_name=experiment_name, run_id=run_id, state=state, epochs=epochs, metric=best_value,
+        metrics=last, model_uri=model_uri, error=error, wall_seconds=time.monotonic() - started,
+    )
+
+
+def _node_resources() -> list[dict[str, Any]]:
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def _root_cause(exc: BaseException) -> str:
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip() or type(seen).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text

@@ -1,0 +1,309 @@
+"""A TuneSweep: Ray Tune over a driver function that builds one TorchTrainer per trial, ASHA."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from raylight.api import Distribution, TrialSpec, TuneSweep, apply_overrides
+
+from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_available
+from .runs import RunSettings, best_checkpoint_model, set_final
+from .tracking import (
+    TAG_KIND,
+    TAG_NAME,
+    TAG_NAMESPACE,
+    TAG_STATE,
+    TAG_STOPPED_EARLY,
+    TAG_TRIAL_ID,
+    ensure_experiment,
+    find_or_create_run,
+    flatten,
+    log_model,
+    log_params,
+    log_yaml,
+)
+from .train import build_trainer, input_shape
+
+STATE_FILE = "raylight-sweep.json"
+
+
+def to_tune(dist: Distribution) -> Any:
+    if dist.uniform is not None:
+        return tune.uniform(*dist.uniform)
+    if dist.loguniform is not None:
+        return tune.loguniform(*dist.loguniform)
+    if dist.randint is not None:
+        low, high = dist.randint
+        return tune.randint(low, high + 1)  # the spec's upper bound is inclusive
+    assert dist.choice is not None
+    return tune.choice(dist.choice)
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs besides its sampled config (plain data, sent to each trial)."""
+
+    sweep_name: str
+    base_trial: dict[str, Any]
+    objective: dict[str, Any]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    storage_path: str
+    data_dir: str | None
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """One Tune trial: resolve the spec, open its MLflow child run, train with Ray Train."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raylight.api import ObjectiveSpec
+
+    trial_id = tune.get_context().get_trial_id()
+    spec = TrialSpec.model_validate(apply_overrides(context.base_trial, config))
+    client = MlflowClient(context.tracking_uri)
+    run_id, created = find_or_create_run(
+        client, context.experiment_id, run_name=f"{context.sweep_name}-{trial_id}",
+        tags={TAG_TRIAL_ID: trial_id, TAG_KIND: "Trial", TAG_NAME: context.sweep_name},
+        parent_run_id=context.parent_run_id,
+    )
+    if created:
+        resolved = spec.model_dump(mode="json", by_alias=True)
+        resolved["model"]["resolved"] = {
+            k: v for k, v in spec.model.resolved().items()
+        }
+        log_params(client, run_id, {**flatten(resolved), **{f"sampled.{k}": v for k, v in config.items()}})
+        log_yaml(client, run_id, {"spec": spec.wire(), "sampled": config}, "trial-spec.yaml")
+    trainer = build_trainer(
+        spec,
+        ObjectiveSpec.model_validate(context.objective),
+        name=f"trial-{trial_id}",
+        storage_path=Path(context.storage_path),
+        tracking_uri=context.tracking_uri,
+        run_id=run_id,
+        data_dir=context.data_dir,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    state: str  # succeeded | stopped_early | failed | running | pending
+    epochs: int
+    metric: float | None
+    config: dict[str, Any]
+    run_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    name: str
+    namespace: str
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    parent_run_id: str
+    trials: list[TrialOutcome] = field(default_factory=list)
+    best: TrialOutcome | None = None
+    model_uri: str | None = None
+    resumed: bool = False
+    max_concurrent_trials: int = 0
+    wall_seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        counts = {"total": len(self.trials)}
+        for state in ("succeeded", "stopped_early", "failed", "running", "pending"):
+            counts[state] = sum(1 for t in self.trials if t.state == state)
+        return counts
+
+
+def _spec_hash(sweep: TuneSweep) -> str:
+    return hashlib.sha256(json.dumps(sweep.spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_sweep(
+    sweep: TuneSweep, settings: RunSettings, callbacks: list[tune.Callback] | None = None, fresh: bool = False
+) -> SweepResult:
+    """Run (or resume) a sweep on the connected Ray cluster and report it to MLflow."""
+    started = time.monotonic()
+    spec, name, namespace = sweep.spec, sweep.metadata.name, sweep.metadata.namespace
+    if not state_api_available():
+        raise RuntimeError(
+            "Ray's State API is not answering (Ray runs without its dashboard). Ray Train frees the "
+            "resources of trials stopped by ASHA through it, so the sweep would hang: install ray[default] "
+            "and start Ray with the dashboard"
+        )
+    concurrency = concurrency_that_fits(spec.trial, ray.cluster_resources(), spec.max_concurrent_trials,
+                                        spec.num_samples)
+    experiment_dir = settings.storage_path / namespace / name
+    state_path = experiment_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    spec_hash = _spec_hash(sweep)
+    resumable = bool(state) and state.get("spec_hash") == spec_hash and tune.Tuner.can_restore(str(experiment_dir))
+    if experiment_dir.exists() and (fresh or not resumable):
+        # A changed spec is a new sweep: keep the old results beside it rather than mixing them.
+        shutil.move(str(experiment_dir), f"{experiment_dir}.{time.strftime('%Y%m%d-%H%M%S')}")
+        state = {}
+        resumable = False
+
+    client = MlflowClient(settings.tracking_uri)
+    experiment_name = spec.mlflow.experiment or name
+    experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
+    if resumable and state.get("parent_run_id"):
+        parent_run_id = state["parent_run_id"]
+        client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    else:
+        parent = client.create_run(
+            experiment_id, run_name=name,
+            tags={TAG_KIND: "TuneSweep", TAG_NAME: name, TAG_NAMESPACE: namespace, "mlflow.runName": name},
+        )
+        parent_run_id = parent.info.run_id
+        scheduler_desc = spec.scheduler.model_dump(mode="json", by_alias=True, exclude_none=True)
+        log_params(client, parent_run_id, {
+            **{f"search_space.{k}": json.dumps(v.wire()) for k, v in spec.search_space.items()},
+            **flatten(scheduler_desc, "scheduler."),
+            "scheduler.maxT": spec.max_t(),
+            "objective.metric": spec.objective.metric,
+            "objective.mode": spec.objective.mode,
+            "num_samples": spec.num_samples,
+            "max_concurrent_trials": concurrency,
+        })
+        log_yaml(client, parent_run_id, sweep.model_dump(mode="json", by_alias=True, exclude_none=True),
+                 "tunesweep.yaml")
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps({"spec_hash": spec_hash, "parent_run_id": parent_run_id}))
+
+    context = TrialContext(
+        sweep_name=name,
+        base_trial=spec.trial.wire(),
+        objective=spec.objective.model_dump(),
+        tracking_uri=settings.tracking_uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        storage_path=str(experiment_dir / "trials"),
+        data_dir=settings.data_dir,
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES)
+    metric, mode = spec.objective.metric, spec.objective.mode
+    if resumable:
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        if spec.scheduler.asha is not None:
+            asha = spec.scheduler.asha
+            scheduler: Any = ASHAScheduler(time_attr="epochs", max_t=spec.max_t(), grace_period=asha.grace_period,
+                                           reduction_factor=asha.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        tuner = tune.Tuner(
+            trainable,
+            param_space={path: to_tune(dist) for path, dist in spec.search_space.items()},
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=spec.num_samples, scheduler=scheduler,
+                # The concurrency cap goes on the generator: Tune ignores max_concurrent_trials
+                # when it is given a generator instance.
+                search_alg=tune.search.BasicVariantGenerator(random_state=spec.search_seed,
+                                                             max_concurrent=concurrency),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(experiment_dir.parent), callbacks=callbacks or [], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    if resumable and callbacks:
+        # Tuner.restore takes no callbacks; the progress display is worth reaching in for.
+        local = getattr(tuner, "_local_tuner", None)
+        if local is not None:
+            local._run_config.callbacks = callbacks
+    tuner.fit()
+
+    result = SweepResult(name=name, namespace=namespace, tracking_uri=settings.tracking_uri,
+                         experiment_id=experiment_id, experiment_name=experiment_name,
+                         parent_run_id=parent_run_id, resumed=resumable, max_concurrent_trials=concurrency)
+    result.trials = _outcomes(experiment_dir, spec.max_t(), metric, mode)
+    _finish_child_runs(client, experiment_id, parent_run_id, result.trials)
+    scored = [t for t in result.trials if t.metric is not None and math.isfinite(t.metric)]
+    if scored:
+        best = (max if mode == "max" else min)(scored, key=lambda t: t.metric or 0.0)
+        result.best = best
+        client.log_metric(parent_run_id, f"best_{metric}", float(best.metric or 0.0))
+        client.set_tag(parent_run_id, "raylight.best_trial_id", best.trial_id)
+        if best.run_id:
+            client.set_tag(parent_run_id, "raylight.best_run_id", best.run_id)
+        log_params(client, parent_run_id, {f"best.{k}": v for k, v in best.config.items()})
+        model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{best.trial_id}", metric, mode)
+        if model is not None:
+            result.model_uri = log_model(settings.tracking_uri, parent_run_id, model, input_shape(model),
+                                         spec.mlflow.registered_model_name)
+    counts = result.counts()
+    for key, value in counts.items():
+        client.log_metric(parent_run_id, f"trials_{key}", value)
+    failed_all = counts["failed"] == counts["total"]
+    set_final(client, parent_run_id, "FAILED" if failed_all else "FINISHED")
+    result.wall_seconds = time.monotonic() - started
+    return result
+
+
+def _outcomes(experiment_dir: Path, max_t: int, metric: str, mode: str) -> list[TrialOutcome]:
+    analysis = tune.ExperimentAnalysis(str(experiment_dir), default_metric=metric, default_mode=mode)
+    outcomes = []
+    for trial in analysis.trials:
+        last = trial.last_result or {}
+        epochs = int(last.get("epochs", 0) or 0)
+        best_value: float | None = None
+        if metric in (trial.metric_analysis or {}):
+            best_value = float(trial.metric_analysis[metric][mode])
+        if trial.status == "ERROR":
+            state = "failed"
+        elif trial.status == "TERMINATED":
+            state = "succeeded" if epochs >= max_t else "stopped_early"
+        elif trial.status == "RUNNING":
+            state = "running"
+        else:
+            state = "pending"
+        error = None
+        if trial.status == "ERROR":
+            error = _error_text(trial)
+        outcomes.append(TrialOutcome(trial.trial_id, state, epochs, best_value, dict(trial.config), error=error))
+    return sorted(outcomes, key=lambda t: t.trial_id)
+
+
+def _error_text(trial: Any) -> str:
+    for attribute in ("error_file", "pickled_error_file"):
+        path = getattr(trial, attribute, None)
+        if path and Path(path).exists() and attribute == "error_file":
+            lines = [line for line in Path(path).read_text().strip().splitlines() if line.strip()]
+            return lines[-1][:500] if lines else "unknown error"
+    return "trial failed (no error file)"
+
+
+def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                       trials: list[TrialOutcome]) -> None:
+    for trial in trials:
+        run_id, _ = find_or_create_run(
+            client, experiment_id, run_name=trial.trial_id,
+            tags={TAG_TRIAL_ID: trial.trial_id}, parent_run_id=parent_run_id,
+        )
+        trial.run_id = run_id
+        client.set_tag(run_id, TAG_STATE, trial.state)
+        client.set_tag(run_id, TAG_STOPPED_EARLY, str(trial.state == "stopped_early").lower())
+        if trial.error:
+            client.set_tag(run_id, "raylight.error", trial.error)
+        final = {"failed": "FAILED", "running": "KILLED", "pending": "KILLED"}.get(trial.state, "FINISHED")
+        set_final(client, run_id, final)

@@ -1,0 +1,169 @@
+"""MLflow reporting: runs, params, per-epoch metrics (async), the resolved spec and the model."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import yaml
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+log = logging.getLogger(__name__)
+
+TAG_KIND = "raylight.kind"
+TAG_NAME = "raylight.name"
+TAG_NAMESPACE = "raylight.namespace"
+TAG_TRIAL_ID = "raylight.trial_id"
+TAG_STATE = "raylight.state"
+TAG_STOPPED_EARLY = "raylight.stopped_early"
+# MLflow caps a param value at 6000 characters and a batch at 100 params.
+_PARAM_LIMIT = 6000
+_PARAMS_PER_BATCH = 100
+
+
+def local_store_uri(directory: Path) -> str:
+    return f"sqlite:///{(directory / 'mlflow.db').resolve()}"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
+    """Experiment id by name, created if missing (local stores get an absolute artifact root)."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        return str(existing.experiment_id)
+    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except Exception:
+        # Another process created it in between.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params once; re-logging the same values on a resumed run is a no-op."""
+    existing = client.get_run(run_id).data.params
+    fresh = [
+        Param(key, str(value)[:_PARAM_LIMIT])
+        for key, value in params.items()
+        if key not in existing
+    ]
+    for start in range(0, len(fresh), _PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=fresh[start : start + _PARAMS_PER_BATCH])
+
+
+def log_yaml(client: MlflowClient, run_id: str, document: dict[str, Any], name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        client.log_artifact(run_id, str(path))
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
+    """The newest run carrying all these tags (how a resumed job finds its run again)."""
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def find_or_create_run(
+    client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None
+) -> tuple[str, bool]:
+    """(run id, created) for the run with these identifying tags."""
+    lookup = dict(tags)
+    if parent_run_id:
+        lookup[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    existing = find_run(client, experiment_id, lookup)
+    if existing:
+        client.update_run(existing, status=RunStatus.to_string(RunStatus.RUNNING))
+        return existing, False
+    all_tags = {**lookup, MLFLOW_RUN_NAME: run_name}
+    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    return run.info.run_id, True
+
+
+class MlflowEpochLogger(pl.Callback):
+    """Logs each epoch's metrics from rank 0 without blocking the training step.
+
+    Metrics are queued with MLflow's asynchronous logging; the queue is flushed at the end.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, metric_names: tuple[str, ...]) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+        self.metric_names = metric_names
+        self.pending: list[Any] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(value), now, epoch)
+            for name, value in trainer.callback_metrics.items()
+            if name in self.metric_names
+        ]
+        metrics.append(Metric("epoch", float(epoch), now, epoch))
+        self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+    def flush(self) -> None:
+        for operation in self.pending:
+            try:
+                operation.wait()
+            except Exception as exc:  # a lost metric must not fail training
+                log.warning("MLflow logging failed: %s", exc)
+        self.pending.clear()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush()
+
+
+def metric_history(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+
+
+def log_model(
+    tracking_uri: str, run_id: str, model: Any, input_shape: tuple[int, ...], registered_model_name: str = ""
+) -> str:
+    """Log a torch module as an MLflow PyTorch model (registered when a name is given); returns its URI."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    import torchvision
+
+    mlflow.set_tracking_uri(tracking_uri)
+    example = torch.zeros((2, *input_shape), dtype=torch.float32).numpy()
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model.cpu().eval(),
+            name="model",
+            # A pickled module serves any batch size; an exported (pt2) graph is fixed to the example's.
+            serialization_format="pickle",
+            input_example=example,
+            registered_model_name=registered_model_name or None,
+            # Given, not inferred: inference imports and scans every module (slow, and noisy).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"torchvision=={torchvision.__version__.split('+')[0]}"],
+        )
+    return str(info.model_uri)

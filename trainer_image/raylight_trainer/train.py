@@ -1,0 +1,174 @@
+"""Distributed training of one run with Ray Train (TorchTrainer + Lightning DDP)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+from ray.train.torch import TorchTrainer
+from torch.utils.data import DataLoader
+
+from raylight.api import ObjectiveSpec, TrialSpec
+
+from .data import load_data
+from .model import ViTConfig
+from .module import ImageClassifier
+from .tracking import MlflowEpochLogger
+
+REPORTED_METRICS = ("train_loss", "val_loss", "val_acc", "lr")
+CHECKPOINT_FILE = RayTrainReportCallback.CHECKPOINT_NAME
+
+
+@dataclass
+class WorkerConfig:
+    """What every training worker receives (plain data: it crosses process boundaries)."""
+
+    spec: dict[str, Any]
+    objective: dict[str, Any]
+    data_dir: str | None = None
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_precision(requested: str, use_gpu: bool) -> str:
+    if requested != "auto":
+        return requested
+    if use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_model_config(spec: TrialSpec, num_classes: int, in_chans: int) -> ViTConfig:
+    return ViTConfig.from_spec(spec.model, num_classes=num_classes, in_chans=in_chans)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: data, model, Lightning trainer, fit (resuming if asked)."""
+    worker = WorkerConfig(**config)
+    spec = TrialSpec.model_validate(worker.spec)
+    context = ray.train.get_context()
+    world_size, rank = context.get_world_size(), context.get_world_rank()
+    use_gpu = spec.resources.gpus_per_worker > 0
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    pl.seed_everything(spec.training.seed, workers=True, verbose=False)
+
+    model_cfg = ViTConfig.from_spec(spec.model, num_classes=1)
+    data = load_data(spec.data, model_cfg.image_size, worker.data_dir)
+    model_cfg = build_model_config(spec, data.num_classes, data.in_chans)
+    per_worker_batch = max(1, spec.training.batch_size // world_size)
+    loader_args: dict[str, Any] = {
+        "batch_size": per_worker_batch,
+        "num_workers": spec.data.loader_workers,
+        "persistent_workers": spec.data.loader_workers > 0,
+        "pin_memory": use_gpu,
+    }
+    train_loader = DataLoader(
+        data.train,
+        shuffle=True,
+        drop_last=len(data.train) > per_worker_batch * world_size,  # type: ignore[arg-type]
+        generator=torch.Generator().manual_seed(spec.training.seed),
+        **loader_args,
+    )
+    val_loader = DataLoader(data.val, shuffle=False, **loader_args)
+    module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump())
+
+    callbacks: list[pl.Callback] = []
+    logger_cb: MlflowEpochLogger | None = None
+    if rank == 0 and worker.tracking_uri and worker.run_id:
+        logger_cb = MlflowEpochLogger(worker.tracking_uri, worker.run_id, REPORTED_METRICS)
+        callbacks.append(logger_cb)  # before the report: an epoch is logged even if the trial is stopped there
+    callbacks.append(RayTrainReportCallback())
+    trainer = pl.Trainer(
+        max_epochs=spec.training.max_epochs,
+        accelerator="gpu" if use_gpu else "cpu",
+        devices="auto",
+        strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()],
+        precision=resolve_precision(spec.training.precision, use_gpu),  # type: ignore[arg-type]
+        gradient_clip_val=spec.training.grad_clip,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,  # Ray Train keeps the checkpoints (RayTrainReportCallback)
+        logger=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    trainer = prepare_trainer(trainer)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.fit(module, train_loader, val_loader)
+    else:
+        # Resumed after a worker failure or an interrupted sweep: continue from the last epoch.
+        with checkpoint.as_directory() as directory:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=os.path.join(directory, CHECKPOINT_FILE))
+    if logger_cb is not None:
+        logger_cb.flush()
+
+
+def build_trainer(
+    spec: TrialSpec,
+    objective: ObjectiveSpec,
+    *,
+    name: str,
+    storage_path: Path,
+    tracking_uri: str | None,
+    run_id: str | None,
+    data_dir: str | None,
+    callbacks: list[Any] | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer for one run; its storage (checkpoints) lives at storage_path/name."""
+    worker = WorkerConfig(
+        spec=spec.model_dump(mode="json"),
+        objective=objective.model_dump(),
+        data_dir=data_dir,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+    )
+    resources = spec.resources
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=worker.__dict__,
+        scaling_config=ScalingConfig(
+            num_workers=resources.workers,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.fault_tolerance.checkpoints_to_keep,
+                checkpoint_score_attribute=objective.metric,
+                checkpoint_score_order=objective.mode,
+            ),
+            failure_config=FailureConfig(max_failures=spec.fault_tolerance.max_failures),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def load_checkpoint_model(checkpoint_dir: str | Path) -> torch.nn.Module:
+    """The ViT inside a Lightning checkpoint written by RayTrainReportCallback."""
+    path = Path(checkpoint_dir)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    module = ImageClassifier.load_from_checkpoint(str(path), map_location="cpu")
+    return module.net.eval()
+
+
+def input_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) that a trained ViT takes."""
+    cfg: ViTConfig = model.cfg  # type: ignore[assignment]
+    return (cfg.in_chans, cfg.image_size, cfg.image_size)
