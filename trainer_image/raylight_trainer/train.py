@@ -126,8 +126,10 @@ def build_trainer(
     callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one run; its storage (checkpoints) lives at storage_path/name."""
+    # A TrainingJobSpec carries objective and mlflow too: workers get the trial part only.
+    trial = TrialSpec.model_validate(spec.model_dump(include=set(TrialSpec.model_fields)))
     worker = WorkerConfig(
-        spec=spec.model_dump(mode="json"),
+        spec=trial.model_dump(mode="json"),
         objective=objective.model_dump(),
         data_dir=data_dir,
         tracking_uri=tracking_uri,
