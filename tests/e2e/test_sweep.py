@@ -84,6 +84,7 @@ def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> 
         assert run.info.status == "FINISHED"
         if trial.state == "stopped_early":
             assert trial.epochs < 4
+    assert sum(t.epochs for t in result.trials) < 6 * 4  # ASHA saved work
     assert {"trial-spec.yaml"} <= {a.path for a in client.list_artifacts(children[0].info.run_id)}
 
     # The best trial's checkpoint is the logged model.

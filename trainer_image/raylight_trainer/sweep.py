@@ -301,6 +301,9 @@ def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: 
             tags={TAG_TRIAL_ID: trial.trial_id}, parent_run_id=parent_run_id,
         )
         trial.run_id = run_id
+        # A stop decision reaches the workers asynchronously: an epoch may finish after it.
+        logged = [m.step for m in client.get_metric_history(run_id, "epoch")]
+        trial.epochs = max([trial.epochs, *logged])
         client.set_tag(run_id, TAG_STATE, trial.state)
         client.set_tag(run_id, TAG_STOPPED_EARLY, str(trial.state == "stopped_early").lower())
         if trial.error:
