@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -49,7 +50,9 @@ def _run(args: argparse.Namespace) -> int:
     for resource in resources:
         console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on a local Ray instance")
         try:
-            summary = run_resource(resource, options, console)
+            # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
+            with contextlib.redirect_stdout(sys.stderr):
+                summary = run_resource(resource, options, console)
         except (ResourceError, DatasetError, RuntimeError) as exc:
             console.print(f"[red]error[/red] {args.file}: {exc}")
             return 1
