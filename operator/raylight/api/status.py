@@ -56,27 +56,26 @@ class BestTrial(SpecModel):
     """The sampled search-space values (dotted path -> value)."""
 
 
-class TrainingJobStatus(SpecModel):
+class ResourceStatus(SpecModel):
+    """What both kinds report: lifecycle, conditions and the RayJob behind them."""
+
     phase: Phase = "Pending"
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
+    """The metadata.generation this status describes."""
     ray_job_name: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    mlflow: MlflowRef = Field(default_factory=MlflowRef)
+
+
+class TrainingJobStatus(ResourceStatus):
     epoch: int | None = None
     """Last completed epoch."""
     metric: float | None = None
     """Objective value at the last completed epoch."""
-    mlflow: MlflowRef = Field(default_factory=MlflowRef)
 
 
-class TuneSweepStatus(SpecModel):
-    phase: Phase = "Pending"
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
-    ray_job_name: str | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
+class TuneSweepStatus(ResourceStatus):
     trials: TrialCounts = Field(default_factory=TrialCounts)
     best_trial: BestTrial | None = None
-    mlflow: MlflowRef = Field(default_factory=MlflowRef)

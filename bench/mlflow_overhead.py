@@ -1,0 +1,82 @@
+"""MLflow logging overhead per training step, as a fraction of the step time.
+
+Trains the same model for the same steps with Lightning, with and without the MlflowEpochLogger
+callback that training runs use (asynchronous batch logging to a real MLflow store), alternating
+the two, and reports the per-step difference over the per-step time.
+
+    python bench/mlflow_overhead.py [--epochs 3] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from mlflow.tracking import MlflowClient
+from torch.utils.data import DataLoader
+
+from raylight.api import TrialSpec
+from raylight_trainer.data import load_data
+from raylight_trainer.model import ViTConfig
+from raylight_trainer.module import ImageClassifier
+from raylight_trainer.tracking import MlflowEpochLogger, ensure_experiment, local_store_uri
+from raylight_trainer.train import REPORTED_METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fit_seconds(spec: TrialSpec, epochs: int, logger: MlflowEpochLogger | None) -> tuple[float, int]:
+    data = load_data(spec.data, 16)
+    cfg = ViTConfig.from_spec(spec.model, data.num_classes, data.in_chans)
+    module = ImageClassifier(cfg.as_dict(), spec.training.model_dump())
+    loader = DataLoader(data.train, batch_size=spec.training.batch_size, shuffle=True, drop_last=True)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[logger] if logger else [], limit_val_batches=2)
+    start = time.perf_counter()
+    trainer.fit(module, loader, DataLoader(data.val, batch_size=256))
+    return time.perf_counter() - start, int(trainer.global_step)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    spec = TrialSpec.model_validate({"model": {"preset": "vit-nano", "depth": 4}, "training": {"batchSize": 32}})
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = local_store_uri(Path(tmp))
+        client = MlflowClient(uri)
+        experiment = ensure_experiment(client, "overhead", Path(tmp) / "mlruns")
+        samples: dict[str, list[float]] = {"without": [], "with": []}
+        steps = 0
+        for _ in range(args.rounds):
+            seconds, steps = fit_seconds(spec, args.epochs, None)
+            samples["without"].append(seconds)
+            run_id = client.create_run(experiment).info.run_id
+            seconds, steps = fit_seconds(spec, args.epochs, MlflowEpochLogger(uri, run_id, REPORTED_METRICS))
+            samples["with"].append(seconds)
+    without, with_logging = statistics.median(samples["without"]), statistics.median(samples["with"])
+    report = {
+        "steps_per_fit": steps,
+        "step_seconds_without": without / steps,
+        "step_seconds_with": with_logging / steps,
+        "overhead_fraction": (with_logging - without) / without,
+        "samples_seconds": samples,
+        "target": "< 0.02",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "mlflow_overhead.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
