@@ -54,9 +54,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """A real local Ray with 2 CPUs (the CI machine's size), dashboard on for Ray Train's cleaner."""
+    """A real local Ray with 2 CPUs (the CI machine's size), dashboard on for Ray Train's cleaner.
+
+    Per module: tests that start Ray instances of their own must find none running."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from raylight.api import ManifestError, load_manifests
 
@@ -22,7 +23,7 @@ def _validate(args: argparse.Namespace) -> int:
         except ManifestError as exc:
             failed = True
             for error in exc.errors:
-                console.print(f"[red]error[/red] {error}")
+                console.print(f"[red]error[/red] {escape(str(error))}")
             continue
         for resource in resources:
             console.print(f"[green]ok[/green] {path}: {resource.kind} {resource.metadata.name}")
@@ -36,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         resources = load_manifests(args.file)
     except ManifestError as exc:
         for error in exc.errors:
-            console.print(f"[red]error[/red] {error}")
+            console.print(f"[red]error[/red] {escape(str(error))}")
         return 2
     from raylight.local.runner import LocalOptions, print_summary, run_resource
     from raylight_trainer.data import DatasetError
@@ -54,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
             with contextlib.redirect_stdout(sys.stderr):
                 summary = run_resource(resource, options, console)
         except (ResourceError, DatasetError, RuntimeError) as exc:
-            console.print(f"[red]error[/red] {args.file}: {exc}")
+            console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}")
             return 1
         summaries.append(summary)
         if args.output == "text":

@@ -84,3 +84,63 @@ def test_missing_dataset_fails_the_job_with_the_path(tmp_path: Path, mlflow_serv
     assert result.error and str(tmp_path / "nowhere") in result.error
     run = MlflowClient(mlflow_server).get_run(result.run_id)
     assert run.info.status == "FAILED" and str(tmp_path / "nowhere") in run.data.tags["raylight.error"]
+
+
+def test_worker_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path, mlflow_server: str) -> None:
+    """A real worker failure: SIGKILL the training worker after epoch 2; the run resumes, not restarts."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    resource = job("survives-a-kill", training={"maxEpochs": 5, "batchSize": 64},
+                   faultTolerance={"maxFailures": 2, "checkpointsToKeep": 2})
+    client = MlflowClient(mlflow_server)
+    killed: list[int] = []
+
+    def kill_after_second_epoch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            time.sleep(0.5)
+            experiment = client.get_experiment_by_name("e2e-jobs")
+            if experiment is None:
+                continue
+            runs = client.search_runs([experiment.experiment_id], "tags.`raylight.name` = 'survives-a-kill'")
+            if not runs or runs[0].data.metrics.get("epoch", 0) < 2:
+                continue
+            for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+                os.kill(actor.pid, signal.SIGKILL)
+                killed.append(actor.pid)
+
+    killer = threading.Thread(target=kill_after_second_epoch, daemon=True)
+    killer.start()
+    result = run_training_job(resource, settings(tmp_path, mlflow_server))
+    killer.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert result.state == "succeeded", result.error
+    steps = [m.step for m in client.get_metric_history(result.run_id, "val_acc")]
+    assert sorted(set(steps)) == [1, 2, 3, 4, 5]
+    assert steps.count(1) == 1, f"epoch 1 ran twice: the run restarted instead of resuming ({steps})"
+
+
+def test_raylight_run_trainingjob_prints_a_json_summary(
+    workdir: Path, mlflow_server: str, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    import yaml
+
+    from raylight.cli import main
+
+    manifest = workdir / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job("cli-job", training={"maxEpochs": 2, "batchSize": 64})
+                                       .model_dump(mode="json", by_alias=True, exclude_none=True)))
+    assert main(["run", str(manifest), "--tracking-uri", mlflow_server, "--output", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "TrainingJob" and summary["state"] == "succeeded"
+    assert summary["epochs"] == 2 and 0 < summary["bestMetric"] <= 1
+    run = MlflowClient(mlflow_server).get_run(summary["mlflow"]["runId"])
+    assert run.data.metrics["best_val_acc"] == pytest.approx(summary["bestMetric"])
+    assert (workdir / "raylight_results" / "default" / "cli-job").is_dir()

@@ -77,12 +77,22 @@ def concurrency_that_fits(spec: TrialSpec, cluster: Mapping[str, float], request
     return max(1, min(fits, wanted, num_samples))
 
 
-def state_api_available() -> bool:
-    """Whether Ray's State API answers (Ray Train needs it to free stopped trials' resources)."""
+def state_api_problem() -> str | None:
+    """Why Ray's State API cannot serve Ray Train's cleaner here, or None when it can.
+
+    The cleaner runs in a Ray worker that finds the API through RAY_ADDRESS or by scanning this
+    machine for Ray instances, so a second instance on the same machine breaks it just as a
+    missing dashboard does.
+    """
     try:
         from ray.util.state import list_actors
 
         list_actors(limit=1, timeout=10, raise_on_missing_output=False)
-    except Exception:
-        return False
-    return True
+    except ConnectionError as exc:
+        if "multiple active Ray instances" in str(exc):
+            return ("another Ray instance runs on this machine, and Ray Train's cleanup of stopped trials "
+                    "would talk to the wrong one; stop it (`ray stop`) or join it by setting RAY_ADDRESS")
+        return f"Ray's State API is not answering ({exc})"
+    except Exception as exc:
+        return f"Ray's State API is not answering ({exc})"
+    return None

@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raylight.api import Distribution, TrialSpec, TuneSweep, apply_overrides
 
-from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_available
+from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
 from .runs import RunSettings, best_checkpoint_model, set_final
 from .tracking import (
     TAG_KIND,
@@ -143,11 +143,11 @@ def run_sweep(
     """Run (or resume) a sweep on the connected Ray cluster and report it to MLflow."""
     started = time.monotonic()
     spec, name, namespace = sweep.spec, sweep.metadata.name, sweep.metadata.namespace
-    if not state_api_available():
+    problem = state_api_problem()
+    if problem:
         raise RuntimeError(
-            "Ray's State API is not answering (Ray runs without its dashboard). Ray Train frees the "
-            "resources of trials stopped by ASHA through it, so the sweep would hang: install ray[default] "
-            "and start Ray with the dashboard"
+            f"{problem}. Ray Train frees the resources of trials that ASHA stops through Ray's State API "
+            "(served by the dashboard, from ray[default]); without it the sweep would hang"
         )
     concurrency = concurrency_that_fits(spec.trial, ray.cluster_resources(), spec.max_concurrent_trials,
                                         spec.num_samples)
@@ -237,7 +237,7 @@ def run_sweep(
                          experiment_id=experiment_id, experiment_name=experiment_name,
                          parent_run_id=parent_run_id, resumed=resumable, max_concurrent_trials=concurrency)
     result.trials = _outcomes(experiment_dir, spec.max_t(), metric, mode)
-    _finish_child_runs(client, experiment_id, parent_run_id, result.trials)
+    _finish_child_runs(client, experiment_id, parent_run_id, result.trials, spec.max_t(), metric, mode)
     scored = [t for t in result.trials if t.metric is not None and math.isfinite(t.metric)]
     if scored:
         best = (max if mode == "max" else min)(scored, key=lambda t: t.metric or 0.0)
@@ -294,7 +294,7 @@ def _error_text(trial: Any) -> str:
 
 
 def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
-                       trials: list[TrialOutcome]) -> None:
+                       trials: list[TrialOutcome], max_t: int, metric: str, mode: str) -> None:
     for trial in trials:
         run_id, _ = find_or_create_run(
             client, experiment_id, run_name=trial.trial_id,
@@ -303,6 +303,13 @@ def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: 
         trial.run_id = run_id
         # A stop decision reaches the workers asynchronously: an epoch may finish after it.
         logged = [m.step for m in client.get_metric_history(run_id, "epoch")]
+        if trial.epochs == 0 and logged and trial.state in ("succeeded", "stopped_early"):
+            # Tune lost this trial's results (its driver was killed before they were written):
+            # MLflow, written by the workers, still has them.
+            trial.state = "succeeded" if max(logged) >= max_t else "stopped_early"
+            history = [m.value for m in client.get_metric_history(run_id, metric)]
+            if history and trial.metric is None:
+                trial.metric = max(history) if mode == "max" else min(history)
         trial.epochs = max([trial.epochs, *logged])
         client.set_tag(run_id, TAG_STATE, trial.state)
         client.set_tag(run_id, TAG_STOPPED_EARLY, str(trial.state == "stopped_early").lower())

@@ -29,7 +29,9 @@ class MlflowRef(SpecModel):
     """Where the results are in MLflow."""
 
     tracking_uri: str | None = None
+    """MLflow tracking URI the run reports to."""
     experiment_id: str | None = None
+    """MLflow experiment id."""
     run_id: str | None = None
     """The run of a TrainingJob, or the parent run of a TuneSweep."""
 
@@ -38,20 +40,26 @@ class TrialCounts(SpecModel):
     """Trials by state."""
 
     total: int = 0
+    """numSamples."""
     pending: int = 0
+    """Trials not started yet."""
     running: int = 0
+    """Trials training now."""
     succeeded: int = 0
     """Trials that ran to maxEpochs."""
     stopped_early: int = 0
     """Trials ASHA stopped before maxEpochs."""
     failed: int = 0
+    """Trials that ended with an error."""
 
 
 class BestTrial(SpecModel):
     """The best trial so far by the objective."""
 
     id: str
+    """Ray Tune trial id (also the MLflow child run's raylight.trial_id tag)."""
     metric: float
+    """Best objective value the trial reached."""
     config: dict[str, Any] = Field(default_factory=dict)
     """The sampled search-space values (dotted path -> value)."""
 
@@ -60,12 +68,17 @@ class ResourceStatus(SpecModel):
     """What both kinds report: lifecycle, conditions and the RayJob behind them."""
 
     phase: Phase = "Pending"
+    """Pending, Running, Succeeded, Failed or Suspended."""
     conditions: list[Condition] = Field(default_factory=list)
+    """Latest observations of the resource's state."""
     observed_generation: int | None = None
     """The metadata.generation this status describes."""
     ray_job_name: str | None = None
+    """The KubeRay RayJob that runs it."""
     start_time: str | None = None
+    """RFC 3339 time training started."""
     completion_time: str | None = None
+    """RFC 3339 time it succeeded or failed."""
     mlflow: MlflowRef = Field(default_factory=MlflowRef)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +32,31 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def start_ray(num_cpus: int | None, verbose: bool) -> None:
     import ray
 
     if ray.is_initialized():
         return
+    if os.environ.get("RAY_ADDRESS"):
+        # Inside a Ray cluster (a KubeRay RayJob sets RAY_ADDRESS): join it, start nothing.
+        ray.init(log_to_driver=verbose)
+        return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray.init(
+        # "local": always an embedded instance, never a cluster that happens to run on this machine.
+        address="local",
         num_cpus=num_cpus or os.cpu_count() or 1,
         # The dashboard serves the State API that Ray Train needs to free stopped trials' resources.
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        # A free port, not 8265: another Ray on this machine would leave this one without a dashboard.
+        dashboard_port=_free_port(),
         log_to_driver=verbose,
         logging_level=logging.WARNING if not verbose else logging.INFO,
     )
