@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("--output", choices=("text", "json"), default="text",
                      help="json: a machine-readable summary on stdout")
-    run.add_argument("--fresh", action="store_true", help="start the sweep over instead of resuming it")
+    run.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
     run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
     run.set_defaults(handler=_run)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,7 @@ import ray
 import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
 from raylight.api import TrainingJob
 
@@ -22,7 +26,6 @@ from .tracking import (
     TAG_NAMESPACE,
     TAG_STATE,
     ensure_experiment,
-    find_or_create_run,
     flatten,
     log_model,
     log_params,
@@ -58,6 +61,41 @@ class JobResult:
     wall_seconds: float
 
 
+STATE_FILE = "raylight-state.json"
+
+
+def spec_hash(spec: BaseModel) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_run_dir(run_dir: Path, digest: str, fresh: bool) -> dict[str, Any]:
+    """The saved state of an interrupted run of the same spec, to resume; else {}.
+
+    A finished run, a changed spec or `fresh` starts over: earlier results are moved aside
+    (kept, never mixed with the new run's).
+    """
+    state_path = run_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("spec_hash") == digest and not state.get("finished") and not fresh:
+        return dict(state)
+    if run_dir.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = run_dir.with_name(f"{run_dir.name}.{stamp}")
+        counter = 1
+        while target.exists():
+            counter += 1
+            target = run_dir.with_name(f"{run_dir.name}.{stamp}-{counter}")
+        shutil.move(str(run_dir), str(target))
+    return {}
+
+
+def save_state(run_dir: Path, **values: Any) -> None:
+    state_path = run_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps({**state, **values}))
+
+
 def set_final(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
 
@@ -81,27 +119,36 @@ def best_checkpoint_model(run_dir: Path, metric: str, mode: str) -> torch.nn.Mod
         return load_checkpoint_model(directory)
 
 
-def run_training_job(job: TrainingJob, settings: RunSettings) -> JobResult:
-    """Train one TrainingJob on the connected Ray cluster, tracked in MLflow."""
+def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = False) -> JobResult:
+    """Train one TrainingJob on the connected Ray cluster, tracked in MLflow.
+
+    An interrupted run of the same spec resumes (same MLflow run, last checkpoint)."""
     started = time.monotonic()
     spec, name, namespace = job.spec, job.metadata.name, job.metadata.namespace
     check_fits(spec, ray.cluster_resources(), _node_resources())
+    run_dir = settings.storage_path / namespace / name
+    digest = spec_hash(spec)
+    saved = claim_run_dir(run_dir, digest, fresh)
     client = MlflowClient(settings.tracking_uri)
     experiment_name = spec.mlflow.experiment or name
     experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
-    run_id, created = find_or_create_run(
-        client, experiment_id, run_name=name,
-        tags={TAG_KIND: "TrainingJob", TAG_NAME: name, TAG_NAMESPACE: namespace},
-    )
+    created = "run_id" not in saved
+    if created:
+        run_id = client.create_run(experiment_id, run_name=name, tags={
+            TAG_KIND: "TrainingJob", TAG_NAME: name, TAG_NAMESPACE: namespace, "mlflow.runName": name,
+        }).info.run_id
+        save_state(run_dir, spec_hash=digest, run_id=run_id)
+    else:
+        run_id = saved["run_id"]
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     if created:
         resolved = spec.model_dump(mode="json", by_alias=True)
         resolved["model"]["resolved"] = dict(spec.model.resolved())
         log_params(client, run_id, flatten(resolved))
         log_yaml(client, run_id, job.model_dump(mode="json", by_alias=True, exclude_none=True), "trainingjob.yaml")
     metric, mode = spec.objective.metric, spec.objective.mode
-    run_dir = settings.storage_path / namespace / name
     trainer = build_trainer(
-        spec, spec.objective, name=name, storage_path=run_dir.parent,
+        spec, spec.objective, name="train", storage_path=run_dir,
         tracking_uri=settings.tracking_uri, run_id=run_id, data_dir=settings.data_dir,
     )
     error: str | None = None
@@ -118,7 +165,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings) -> JobResult:
     best_value = (max(values) if mode == "max" else min(values)) if values else None
     model_uri = None
     if error is None:
-        model = best_checkpoint_model(run_dir, metric, mode)
+        model = best_checkpoint_model(run_dir / "train", metric, mode)
         if model is not None:
             model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
                                       spec.mlflow.registered_model_name)
@@ -129,6 +176,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings) -> JobResult:
     if error:
         client.set_tag(run_id, "raylight.error", error[:5000])
     set_final(client, run_id, RunStatus.to_string(RunStatus.FAILED if error else RunStatus.FINISHED))
+    save_state(run_dir, finished=True)
     last = {key: values_[-1][1] for key, values_ in history.items() if values_}
     return JobResult(
         name=name, namespace=namespace, tracking_uri=settings.tracking_uri, experiment_id=experiment_id,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from raylight.api import Distribution, TrialSpec, TuneSweep, apply_overrides
 
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
-from .runs import RunSettings, best_checkpoint_model, set_final
+from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash
 from .tracking import (
     TAG_KIND,
     TAG_NAME,
@@ -36,8 +34,6 @@ from .tracking import (
     log_yaml,
 )
 from .train import build_trainer, input_shape
-
-STATE_FILE = "raylight-sweep.json"
 
 
 def to_tune(dist: Distribution) -> Any:
@@ -133,10 +129,6 @@ class SweepResult:
         return counts
 
 
-def _spec_hash(sweep: TuneSweep) -> str:
-    return hashlib.sha256(json.dumps(sweep.spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
-
-
 def run_sweep(
     sweep: TuneSweep, settings: RunSettings, callbacks: list[tune.Callback] | None = None, fresh: bool = False
 ) -> SweepResult:
@@ -152,20 +144,14 @@ def run_sweep(
     concurrency = concurrency_that_fits(spec.trial, ray.cluster_resources(), spec.max_concurrent_trials,
                                         spec.num_samples)
     experiment_dir = settings.storage_path / namespace / name
-    state_path = experiment_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    spec_hash = _spec_hash(sweep)
-    resumable = bool(state) and state.get("spec_hash") == spec_hash and tune.Tuner.can_restore(str(experiment_dir))
-    if experiment_dir.exists() and (fresh or not resumable):
-        # A changed spec is a new sweep: keep the old results beside it rather than mixing them.
-        shutil.move(str(experiment_dir), f"{experiment_dir}.{time.strftime('%Y%m%d-%H%M%S')}")
-        state = {}
-        resumable = False
+    digest = spec_hash(sweep.spec)
+    state = claim_run_dir(experiment_dir, digest, fresh)
+    resumable = bool(state) and tune.Tuner.can_restore(str(experiment_dir))
 
     client = MlflowClient(settings.tracking_uri)
     experiment_name = spec.mlflow.experiment or name
     experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
-    if resumable and state.get("parent_run_id"):
+    if state.get("parent_run_id"):
         parent_run_id = state["parent_run_id"]
         client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     else:
@@ -186,8 +172,7 @@ def run_sweep(
         })
         log_yaml(client, parent_run_id, sweep.model_dump(mode="json", by_alias=True, exclude_none=True),
                  "tunesweep.yaml")
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps({"spec_hash": spec_hash, "parent_run_id": parent_run_id}))
+        save_state(experiment_dir, spec_hash=digest, parent_run_id=parent_run_id)
 
     context = TrialContext(
         sweep_name=name,
@@ -256,6 +241,7 @@ def run_sweep(
         client.log_metric(parent_run_id, f"trials_{key}", value)
     failed_all = counts["failed"] == counts["total"]
     set_final(client, parent_run_id, "FAILED" if failed_all else "FINISHED")
+    save_state(experiment_dir, finished=True)
     result.wall_seconds = time.monotonic() - started
     return result
 

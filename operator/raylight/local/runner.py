@@ -86,7 +86,7 @@ def run_resource(resource: TrainingJob | TuneSweep, options: LocalOptions, conso
     settings = settings_for(options, resource.spec.mlflow.tracking_uri)
     if isinstance(resource, TuneSweep):
         return _run_sweep(resource, settings, options, console)
-    return _run_job(resource, settings, console)
+    return _run_job(resource, settings, options, console)
 
 
 def _run_sweep(sweep: TuneSweep, settings: Any, options: LocalOptions, console: Console) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def _run_sweep(sweep: TuneSweep, settings: Any, options: LocalOptions, console: 
     return summary
 
 
-def _run_job(job: TrainingJob, settings: Any, console: Console) -> dict[str, Any]:
+def _run_job(job: TrainingJob, settings: Any, options: LocalOptions, console: Console) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from raylight_trainer.runs import run_training_job
@@ -142,7 +142,7 @@ def _run_job(job: TrainingJob, settings: Any, console: Console) -> dict[str, Any
 
     progress.start(current_run)
     try:
-        result = run_training_job(job, settings)
+        result = run_training_job(job, settings, fresh=options.fresh)
     finally:
         progress.stop()
     return {

@@ -1,0 +1,34 @@
+"""When a run resumes and when it starts over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raylight.api import TrialSpec
+from raylight_trainer.runs import claim_run_dir, save_state, spec_hash
+
+
+def test_interrupted_run_of_the_same_spec_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "job"
+    digest = spec_hash(TrialSpec())
+    save_state(run_dir, spec_hash=digest, run_id="r1")
+    assert claim_run_dir(run_dir, digest, fresh=False)["run_id"] == "r1"
+    assert run_dir.exists()
+
+
+def test_finished_changed_or_fresh_runs_start_over_and_keep_old_results(tmp_path: Path) -> None:
+    run_dir = tmp_path / "job"
+    digest = spec_hash(TrialSpec())
+    other = spec_hash(TrialSpec.model_validate({"training": {"maxEpochs": 3}}))
+    assert digest != other
+    cases = [({"spec_hash": digest, "finished": True}, digest, False),
+             ({"spec_hash": other}, digest, False),
+             ({"spec_hash": digest}, digest, True)]
+    for index, (state, wanted, fresh) in enumerate(cases):
+        save_state(run_dir, **state)
+        (run_dir / "marker").write_text(str(index))
+        assert claim_run_dir(run_dir, wanted, fresh=fresh) == {}
+        assert not run_dir.exists()
+        moved = [p for p in tmp_path.iterdir() if p.name.startswith("job.")]
+        assert any((p / "marker").read_text() == str(index) for p in moved)
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("job.")]) == 3
