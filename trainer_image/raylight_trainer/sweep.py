@@ -289,9 +289,10 @@ def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: 
         trial.run_id = run_id
         # A stop decision reaches the workers asynchronously: an epoch may finish after it.
         logged = [m.step for m in client.get_metric_history(run_id, "epoch")]
-        if trial.epochs == 0 and logged and trial.state in ("succeeded", "stopped_early"):
-            # Tune lost this trial's results (its driver was killed before they were written):
-            # MLflow, written by the workers, still has them.
+        if logged and max(logged) > trial.epochs and trial.state in ("succeeded", "stopped_early"):
+            # Tune lost some of this trial's results (its driver was killed before they were
+            # written); MLflow, written by the workers, has them all. A stopped trial reaches
+            # maxT there only if it was stopped one epoch before it.
             trial.state = "succeeded" if max(logged) >= max_t else "stopped_early"
             history = [m.value for m in client.get_metric_history(run_id, metric)]
             if history and trial.metric is None:
