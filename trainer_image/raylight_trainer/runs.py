@@ -30,6 +30,7 @@ from .tracking import (
     log_model,
     log_params,
     log_yaml,
+    metric_history,
 )
 from .train import build_trainer, input_shape, load_checkpoint_model
 
@@ -156,10 +157,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; report the root cause
         error = _root_cause(exc)
-    history = {
-        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-        for key in ("val_acc", "val_loss", "train_loss")
-    }
+    history = {key: metric_history(client, run_id, key) for key in ("val_acc", "val_loss", "train_loss")}
     epochs = len(history.get(metric, []))
     values = [v for _, v in history.get(metric, []) if math.isfinite(v)]
     best_value = (max(values) if mode == "max" else min(values)) if values else None

@@ -271,11 +271,10 @@ def _outcomes(experiment_dir: Path, max_t: int, metric: str, mode: str) -> list[
 
 
 def _error_text(trial: Any) -> str:
-    for attribute in ("error_file", "pickled_error_file"):
-        path = getattr(trial, attribute, None)
-        if path and Path(path).exists() and attribute == "error_file":
-            lines = [line for line in Path(path).read_text().strip().splitlines() if line.strip()]
-            return lines[-1][:500] if lines else "unknown error"
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else "unknown error"
     return "trial failed (no error file)"
 
 

@@ -32,7 +32,8 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -56,7 +57,7 @@ def start_ray(num_cpus: int | None, verbose: bool) -> None:
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         # A free port, not 8265: another Ray on this machine would leave this one without a dashboard.
-        dashboard_port=_free_port(),
+        dashboard_port=free_port(),
         log_to_driver=verbose,
         logging_level=logging.WARNING if not verbose else logging.INFO,
     )
