@@ -1,10 +1,11 @@
-"""The `raylight` command: run manifests locally, validate them offline."""
+"""The `raylight` command: run manifests locally, validate them offline, run the operator."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -65,6 +66,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if all(s["succeeded"] for s in summaries) else 1
 
 
+def _crds(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raylight.api.crd import write_crds
+
+    for path in write_crds(Path(args.directory)):
+        print(path)
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
+    os.environ["RAYLIGHT_PROGRESS_INTERVAL"] = str(args.progress_interval)
+    import kopf
+
+    from raylight.operator import handlers  # noqa: F401  (registers the handlers)
+    from raylight.operator.builder import OperatorSettings
+    from raylight.operator.kube import load_config
+
+    load_config(args.kubeconfig)
+    kopf.configure(verbose=args.verbose)
+    memo = kopf.Memo(
+        settings=OperatorSettings(trainer_image=args.trainer_image, mlflow_tracking_uri=args.mlflow_tracking_uri),
+        metrics_port=args.metrics_port,
+    )
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    kopf.run(
+        clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=args.peering is None,
+        peering_name=args.peering, liveness_endpoint=liveness, memo=memo,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylight", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +119,32 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check manifests offline; print every error with its field")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(handler=_validate)
+
+    from raylight.operator.builder import DEFAULT_TRAINER_IMAGE
+
+    env = os.environ
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    operator.add_argument("--namespace", action="append",
+                          help="watch this namespace (repeat for several; default: all namespaces)")
+    operator.add_argument("--trainer-image", default=env.get("RAYLIGHT_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+                          help="image of RayJobs whose spec.cluster.image is unset")
+    operator.add_argument("--mlflow-tracking-uri", default=env.get("RAYLIGHT_MLFLOW_TRACKING_URI"),
+                          help="MLflow tracking URI of resources whose spec.mlflow.trackingUri is unset")
+    operator.add_argument("--metrics-port", type=int, default=int(env.get("RAYLIGHT_METRICS_PORT", "8080")),
+                          help="Prometheus /metrics port (0: off)")
+    operator.add_argument("--health-port", type=int, default=int(env.get("RAYLIGHT_HEALTH_PORT", "8081")),
+                          help="liveness /healthz port (0: off)")
+    operator.add_argument("--peering",
+                          help="kopf peering name: replicas of one operator take turns (default: standalone)")
+    operator.add_argument("--progress-interval", type=float, default=30.0,
+                          help="seconds between reads of a running job's progress from MLflow")
+    operator.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else KUBECONFIG)")
+    operator.add_argument("--verbose", action="store_true")
+    operator.set_defaults(handler=_operator)
+
+    crds = commands.add_parser("crds", help="write the CustomResourceDefinitions (generated from the spec models)")
+    crds.add_argument("directory", help="where to write them (the repository keeps them in crds/)")
+    crds.set_defaults(handler=_crds)
     return parser
 
 

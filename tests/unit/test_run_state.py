@@ -32,3 +32,12 @@ def test_finished_changed_or_fresh_runs_start_over_and_keep_old_results(tmp_path
         moved = [p for p in tmp_path.iterdir() if p.name.startswith("job.")]
         assert any((p / "marker").read_text() == str(index) for p in moved)
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("job.")]) == 3
+
+
+def test_placement_fields_do_not_change_the_spec_hash() -> None:
+    from raylight.api import TrainingJobSpec
+
+    base = spec_hash(TrainingJobSpec())
+    moved = TrainingJobSpec.model_validate({"suspend": True, "cluster": {"workers": {"replicas": 4}}})
+    assert spec_hash(moved) == base, "suspending or resizing must resume, not start over"
+    assert spec_hash(TrainingJobSpec.model_validate({"training": {"seed": 1}})) != base

@@ -21,9 +21,6 @@ from raylight.api import TrainingJob
 
 from .resources import check_fits
 from .tracking import (
-    TAG_KIND,
-    TAG_NAME,
-    TAG_NAMESPACE,
     TAG_STATE,
     ensure_experiment,
     flatten,
@@ -31,6 +28,7 @@ from .tracking import (
     log_params,
     log_yaml,
     metric_history,
+    resource_tags,
 )
 from .train import build_trainer, input_shape, load_checkpoint_model
 
@@ -65,8 +63,13 @@ class JobResult:
 STATE_FILE = "raylight-state.json"
 
 
+# Fields that say where and whether a run goes, not what it trains: changing them resumes.
+_PLACEMENT_FIELDS = {"cluster", "suspend"}
+
+
 def spec_hash(spec: BaseModel) -> str:
-    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    trained = spec.model_dump(mode="json", exclude=_PLACEMENT_FIELDS)
+    return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def claim_run_dir(run_dir: Path, digest: str, fresh: bool) -> dict[str, Any]:
@@ -135,9 +138,8 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
     created = "run_id" not in saved
     if created:
-        run_id = client.create_run(experiment_id, run_name=name, tags={
-            TAG_KIND: "TrainingJob", TAG_NAME: name, TAG_NAMESPACE: namespace, "mlflow.runName": name,
-        }).info.run_id
+        tags = resource_tags("TrainingJob", name, namespace, job.metadata.uid)
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         save_state(run_dir, spec_hash=digest, run_id=run_id)
     else:
         run_id = saved["run_id"]

@@ -22,7 +22,6 @@ from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state,
 from .tracking import (
     TAG_KIND,
     TAG_NAME,
-    TAG_NAMESPACE,
     TAG_STATE,
     TAG_STOPPED_EARLY,
     TAG_TRIAL_ID,
@@ -32,6 +31,7 @@ from .tracking import (
     log_model,
     log_params,
     log_yaml,
+    resource_tags,
 )
 from .train import build_trainer, input_shape
 
@@ -157,7 +157,7 @@ def run_sweep(
     else:
         parent = client.create_run(
             experiment_id, run_name=name,
-            tags={TAG_KIND: "TuneSweep", TAG_NAME: name, TAG_NAMESPACE: namespace, "mlflow.runName": name},
+            tags=resource_tags("TuneSweep", name, namespace, sweep.metadata.uid),
         )
         parent_run_id = parent.info.run_id
         scheduler_desc = spec.scheduler.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -22,6 +22,15 @@ TAG_NAMESPACE = "raylight.namespace"
 TAG_TRIAL_ID = "raylight.trial_id"
 TAG_STATE = "raylight.state"
 TAG_STOPPED_EARLY = "raylight.stopped_early"
+# The resource's metadata.uid on a cluster: the operator finds exactly this resource's runs by it
+# (a deleted and re-created resource of the same name gets new runs).
+TAG_UID = "raylight.uid"
+
+
+def resource_tags(kind: str, name: str, namespace: str, uid: str | None) -> dict[str, str]:
+    """Tags that identify the run of a TrainingJob or the parent run of a TuneSweep."""
+    tags = {TAG_KIND: kind, TAG_NAME: name, TAG_NAMESPACE: namespace, "mlflow.runName": name}
+    return {**tags, TAG_UID: uid} if uid else tags
 # MLflow caps a param value at 6000 characters and a batch at 100 params.
 _PARAM_LIMIT = 6000
 _PARAMS_PER_BATCH = 100

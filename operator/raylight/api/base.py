@@ -24,3 +24,8 @@ class SpecModel(BaseModel):
     def wire(self) -> dict:
         """The object as it appears in a manifest (camelCase keys, unset optionals dropped)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def server_rules(*rules: tuple[str, str]) -> ConfigDict:
+    """A model_config carrying CEL rules (rule, message) that the API server checks too."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]})

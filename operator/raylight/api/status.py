@@ -75,6 +75,8 @@ class ResourceStatus(SpecModel):
     """The metadata.generation this status describes."""
     ray_job_name: str | None = None
     """The KubeRay RayJob that runs it."""
+    run_hash: str | None = None
+    """Identity of the spec of the run this status describes (the spec without suspend)."""
     start_time: str | None = None
     """RFC 3339 time training started."""
     completion_time: str | None = None
@@ -91,4 +93,6 @@ class TrainingJobStatus(ResourceStatus):
 
 class TuneSweepStatus(ResourceStatus):
     trials: TrialCounts = Field(default_factory=TrialCounts)
+    progress: str | None = None
+    """Finished trials / numSamples, e.g. 5/12."""
     best_trial: BestTrial | None = None

@@ -6,9 +6,10 @@ import itertools
 import math
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from .base import SpecModel
+from .base import SpecModel, server_rules
+from .cluster import ClusterSpec
 from .trial import MlflowSpec, ObjectiveSpec, TrialSpec
 
 # A search space is checked by validating the trial with every choice combination;
@@ -18,6 +19,9 @@ _MAX_COMBINATIONS_CHECKED = 512
 
 class Distribution(SpecModel):
     """Exactly one of the distributions below."""
+
+    # Exactly one key, checked by the API server too (CEL cannot see `choice`: its items have no type).
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
     uniform: list[float] | None = Field(default=None, min_length=2, max_length=2)
     """[low, high]: a float drawn uniformly."""
@@ -75,6 +79,10 @@ class FifoSpec(SpecModel):
 class SchedulerSpec(SpecModel):
     """Trial scheduler: exactly one of asha or fifo."""
 
+    model_config = server_rules(
+        ("has(self.asha) != has(self.fifo)", "set exactly one of scheduler.asha or scheduler.fifo"),
+    )
+
     asha: AshaSpec | None = None
     fifo: FifoSpec | None = None
 
@@ -88,6 +96,11 @@ class SchedulerSpec(SpecModel):
 class TuneSweepSpec(SpecModel):
     """A hyperparameter search: trials drawn from searchSpace, scheduled by ASHA."""
 
+    model_config = server_rules((
+        "!has(self.maxConcurrentTrials) || self.maxConcurrentTrials <= self.numSamples",
+        "maxConcurrentTrials must not exceed numSamples",
+    ))
+
     trial: TrialSpec = Field(default_factory=TrialSpec)
     """The TrainingJob spec every trial starts from."""
     search_space: dict[str, Distribution] = Field(default_factory=dict)
@@ -96,11 +109,15 @@ class TuneSweepSpec(SpecModel):
     num_samples: int = Field(default=8, ge=1, le=10_000)
     """Number of trials."""
     max_concurrent_trials: int | None = Field(default=None, ge=1, le=10_000)
-    """Trials running at once (default: as many as the cluster fits). Lowered to what fits."""
+    """Trials running at once. Locally (default: as many as fit) it is lowered to what fits; on
+    Kubernetes (default: 1) the worker group is sized to run this many at once."""
     scheduler: SchedulerSpec = Field(default_factory=lambda: SchedulerSpec(asha=AshaSpec()))
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     search_seed: int | None = Field(default=0, ge=0)
     """Seed of the random search (unset: a different draw each run)."""
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    suspend: bool = False
+    """On a cluster: true stops the sweep and frees its pods and GPUs; false resumes it where it stopped."""
 
     @model_validator(mode="after")
     def _check_counts(self) -> TuneSweepSpec:

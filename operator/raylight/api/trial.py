@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import SpecModel
+from .base import SpecModel, server_rules
+from .cluster import ClusterSpec, SecretRef
 
 # Presets are plain data so that the operator can validate them without importing torch.
 # The trainer builds its model config from this table (raylight_trainer.model.vit).
@@ -76,6 +77,11 @@ class ModelSpec(SpecModel):
 class DataSpec(SpecModel):
     """Where the images come from."""
 
+    model_config = server_rules((
+        "!(self.dataset in ['cifar10', 'cifar100', 'imagefolder']) || has(self.path)",
+        "this dataset reads files: set data.path to its directory",
+    ))
+
     dataset: Dataset = "digits"
     """digits (bundled with scikit-learn), cifar10/cifar100 (python-format directory),
     imagefolder (one sub-directory per class), or synthetic (random, for smoke tests)."""
@@ -128,6 +134,17 @@ class TrainingSpec(SpecModel):
 class ResourcesSpec(SpecModel):
     """What one training run asks of the Ray cluster."""
 
+    model_config = server_rules(
+        (
+            "self.workers == 1 || self.gpusPerWorker == 0.0 || self.gpusPerWorker >= 1.0",
+            "a fraction of a GPU is only for a single worker: set workers to 1 or gpusPerWorker to a whole number",
+        ),
+        (
+            "self.gpusPerWorker <= 1.0 || double(int(self.gpusPerWorker)) == self.gpusPerWorker",
+            "gpusPerWorker above 1 must be a whole number",
+        ),
+    )
+
     workers: int = Field(default=1, ge=1, le=1024)
     """Data-parallel training workers (DDP ranks)."""
     gpus_per_worker: float = Field(default=0, ge=0, le=16)
@@ -164,8 +181,11 @@ class MlflowSpec(SpecModel):
     """MLflow experiment name (default: the resource's name)."""
     registered_model_name: str = Field(default="", max_length=256)
     """Register the best model under this name in the MLflow model registry (empty: do not register)."""
-    tracking_uri: str | None = None
-    """MLflow tracking URI. `raylight run --tracking-uri` overrides it."""
+    tracking_uri: str | None = Field(default=None, min_length=1, max_length=2048)
+    """MLflow tracking URI (on a cluster, default: the operator's). `raylight run --tracking-uri` overrides it."""
+    secret_ref: SecretRef | None = None
+    """Secret whose keys become environment variables of the run's pods, for MLflow credentials
+    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN). Never put them in the spec."""
 
 
 class TrialSpec(SpecModel):
@@ -184,10 +204,18 @@ class TrainingJobSpec(TrialSpec):
     objective: ObjectiveSpec = Field(default_factory=lambda: ObjectiveSpec())
     """The metric that picks the best checkpoint."""
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    suspend: bool = False
+    """On a cluster: true stops the run and frees its pods and GPUs; false resumes it from its checkpoints."""
 
 
 class ObjectiveSpec(SpecModel):
     """The metric to optimise."""
+
+    model_config = server_rules((
+        "self.metric.endsWith('acc') == (self.mode == 'max')",
+        "accuracy metrics are maximised and losses minimised: set mode to match the metric",
+    ))
 
     metric: Metric = "val_acc"
     """One of the metrics the trainer reports each epoch."""

@@ -1,0 +1,130 @@
+"""How a run's Ray cluster is laid out on Kubernetes (the operator reads it; `raylight run` ignores it)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import SpecModel
+
+# Kubernetes resource quantities (e.g. 500m, 2, 1.5, 8Gi, 512Mi).
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+QUANTITY_PATTERN = _QUANTITY.pattern
+
+
+def _check_quantity(value: str | None) -> str | None:
+    if value is not None and not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 8Gi)")
+    return value
+
+
+class Toleration(SpecModel):
+    """A pod toleration (as in a Pod spec)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    """Taint key to tolerate (empty with operator Exists: every taint)."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Equal matches key and value; Exists matches the key whatever its value."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate (unset: all effects)."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class VolumeMount(SpecModel):
+    """Where a volume from `volumes` appears in the head and worker containers."""
+
+    name: str = Field(min_length=1, max_length=63)
+    """Name of an entry in `volumes`."""
+    mount_path: str = Field(min_length=1, max_length=1024)
+    """Absolute path in the container (e.g. /data)."""
+    read_only: bool = False
+    """Mount read-only (datasets usually are)."""
+    sub_path: str | None = Field(default=None, max_length=1024)
+    """Mount only this sub-directory of the volume."""
+
+
+class HeadSpec(SpecModel):
+    """The Ray head pod: runs the sweep or job driver, no training (it asks for no GPU)."""
+
+    cpu: str = Field(default="2", max_length=32, json_schema_extra={"pattern": QUANTITY_PATTERN})
+    """CPU request and limit of the head container."""
+    memory: str = Field(default="8Gi", max_length=32, json_schema_extra={"pattern": QUANTITY_PATTERN})
+    """Memory request and limit of the head container."""
+
+    _quantities = field_validator("cpu", "memory")(_check_quantity)
+
+
+class WorkersSpec(SpecModel):
+    """The Ray worker group: the pods that train. CPU and GPU per pod follow trial.resources."""
+
+    replicas: int | None = Field(default=None, ge=1, le=1024)
+    """Worker pods (default: enough for maxConcurrentTrials runs at once; a TrainingJob: its workers)."""
+    memory: str = Field(default="16Gi", max_length=32, json_schema_extra={"pattern": QUANTITY_PATTERN})
+    """Memory request and limit of each worker container."""
+    gpu_resource: str = Field(default="nvidia.com/gpu", min_length=1, max_length=253)
+    """Extended resource name of the GPUs (e.g. amd.com/gpu)."""
+
+    _quantities = field_validator("memory")(_check_quantity)
+
+
+class SecretRef(SpecModel):
+    """A Secret in the resource's namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Secret name."""
+
+
+class ClusterSpec(SpecModel):
+    """The Ray cluster on Kubernetes that runs this resource (KubeRay RayJob); ignored by `raylight run`."""
+
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    """Trainer image for head and workers (default: the operator's trainer image)."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    """Pull policy of that image (default: Kubernetes' own)."""
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    node_selector: dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 64})
+    """Node labels the worker pods must match (e.g. a GPU node pool)."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    """Taints the worker pods tolerate (GPU nodes are often tainted)."""
+    affinity: dict[str, Any] | None = None
+    """Pod affinity of the worker pods (a Kubernetes Affinity object)."""
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    """PriorityClass of head and worker pods."""
+    service_account_name: str | None = Field(default=None, max_length=253)
+    """ServiceAccount of head and worker pods (e.g. one with cloud storage access)."""
+    volumes: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    """Pod volumes for head and workers (Kubernetes Volume objects, e.g. a PVC holding datasets)."""
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=64)
+    """Where those volumes appear in the containers."""
+    data_dir: str = Field(default="/data", min_length=1, max_length=1024)
+    """Directory that relative data.path values are resolved against (mount your dataset volume here)."""
+    storage_path: str = Field(default="/tmp/raylight", min_length=1, max_length=1024)
+    """Where checkpoints and sweep state go: a path on a volume that every pod mounts (ReadWriteMany)
+    keeps them across pods; the default, pod-local, only holds while one node runs the whole run
+    and is lost when it is suspended."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the run after this many seconds."""
+    backoff_limit: int = Field(default=0, ge=0, le=100)
+    """Times KubeRay retries the whole run on a new Ray cluster (resuming from its checkpoints)."""
+    ttl_seconds_after_finished: int = Field(default=600, ge=0)
+    """Seconds the finished RayJob is kept before KubeRay deletes it (its Ray cluster goes at once)."""
+
+    @model_validator(mode="after")
+    def _check_mounts(self) -> ClusterSpec:
+        names = [volume.get("name") for volume in self.volumes]
+        for index, volume in enumerate(self.volumes):
+            if not isinstance(volume.get("name"), str) or not volume["name"]:
+                raise ValueError(f"volumes[{index}] needs a name")
+        for mount in self.volume_mounts:
+            if mount.name not in names:
+                raise ValueError(
+                    f"volumeMounts names volume {mount.name!r}, which is not in volumes "
+                    f"({', '.join(map(str, names)) or 'none'}): add it to volumes or fix the name"
+                )
+        return self

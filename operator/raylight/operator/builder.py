@@ -1,0 +1,274 @@
+"""Pure builders: a TrainingJob or TuneSweep in, the KubeRay RayJob and ConfigMap that run it out.
+
+No I/O here; the handlers apply what these return (server-side apply, one field manager).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from raylight.api import API_VERSION, TuneSweep
+from raylight.api.manifest import Resource
+
+# The Ray version of the trainer image (pyproject pins ray to it): KubeRay needs it to shape pods.
+RAY_VERSION = "2.60.0"
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/raylight-dev/raylight-trainer:{RAY_VERSION}"
+FIELD_MANAGER = "raylight-operator"
+MANAGED_BY = "raylight-operator"
+
+LABEL_KIND = "raylight.dev/kind"
+LABEL_NAME = "raylight.dev/name"
+# Labels (and annotations) with these prefixes pass from the resource to its RayJob, so that
+# e.g. Kueue admits the RayJob (kueue.x-k8s.io/queue-name). Other labels stay on the resource:
+# a GitOps tool's tracking label copied to the RayJob would make the tool prune it.
+PASSTHROUGH_PREFIXES = ("kueue.x-k8s.io/",)
+
+# The run a RayJob belongs to (see run_hash): a spec change after it finished replaces the RayJob.
+RUN_HASH_ANNOTATION = "raylight.dev/run-hash"
+
+MANIFEST_DIR = "/etc/raylight"
+MANIFEST_FILE = "manifest.yaml"
+MANIFEST_VOLUME = "raylight-manifest"
+# KubeRay names RayClusters after their RayJob plus a suffix; it refuses longer RayJob names.
+MAX_RAYJOB_NAME = 47
+_KIND_PREFIX = {"TrainingJob": "tj", "TuneSweep": "ts"}
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator adds to every resource (set by its flags / the Helm chart)."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    mlflow_tracking_uri: str | None = None
+
+
+class BuildError(ValueError):
+    """A spec that cannot become a RayJob under these settings: (field path, message)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def rayjob_name(kind: str, name: str) -> str:
+    """Deterministic RayJob name: a restart or a replayed event finds the same object.
+
+    Starts with a letter (KubeRay wants a DNS-1035 label) and stays within KubeRay's limit;
+    a long name is cut and made unique again with a hash of the whole name."""
+    full = f"{_KIND_PREFIX[kind]}-{name}"
+    if len(full) <= MAX_RAYJOB_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[: MAX_RAYJOB_NAME - 9].rstrip('-')}-{digest}"
+
+
+def run_hash(resource: Resource) -> str:
+    """Identity of a run: the spec without `suspend` (suspending and resuming is the same run)."""
+    spec = resource.spec.model_dump(mode="json", exclude={"suspend"})
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tracking_uri(resource: Resource, settings: OperatorSettings) -> str:
+    uri = resource.spec.mlflow.tracking_uri or settings.mlflow_tracking_uri
+    if not uri:
+        raise BuildError(
+            "spec.mlflow.trackingUri",
+            "no MLflow tracking URI: set it here, or give the operator one (--mlflow-tracking-uri, "
+            "or the Helm value mlflow.trackingUri)",
+        )
+    return uri
+
+
+def owner_reference(resource: Resource) -> dict[str, Any]:
+    if not resource.metadata.uid:
+        raise BuildError("metadata.uid", "the resource has no uid yet (it must come from the API server)")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": resource.kind,
+        "name": resource.metadata.name,
+        "uid": resource.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(resource: Resource) -> dict[str, str]:
+    own = {
+        "app.kubernetes.io/name": "raylight",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_KIND: resource.kind,
+        LABEL_NAME: resource.metadata.name,
+    }
+    return {**_passthrough(_metadata_map(resource, "labels")), **own}
+
+
+def _metadata_map(resource: Resource, key: str) -> dict[str, str]:
+    value = getattr(resource.metadata, "model_extra", None) or {}
+    return dict(value.get(key) or {})
+
+
+def _passthrough(values: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in values.items() if k.startswith(PASSTHROUGH_PREFIXES)}
+
+
+def trainer_manifest(resource: Resource, settings: OperatorSettings) -> dict[str, Any]:
+    """The manifest the trainer runs: the resource itself, with the operator's defaults filled in."""
+    spec = resource.spec.model_copy(deep=True)
+    spec.mlflow.tracking_uri = tracking_uri(resource, settings)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": resource.kind,
+        "metadata": {
+            "name": resource.metadata.name,
+            "namespace": resource.metadata.namespace,
+            "uid": resource.metadata.uid,
+        },
+        "spec": spec.wire(),
+    }
+
+
+def build_configmap(resource: Resource, settings: OperatorSettings) -> dict[str, Any]:
+    name = rayjob_name(resource.kind, resource.metadata.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": resource.metadata.namespace,
+            "labels": labels(resource),
+            "ownerReferences": [owner_reference(resource)],
+        },
+        "data": {MANIFEST_FILE: yaml.safe_dump(trainer_manifest(resource, settings), sort_keys=False)},
+    }
+
+
+@dataclass(frozen=True)
+class WorkerShape:
+    replicas: int
+    cpus: float
+    gpus: int
+
+
+def worker_shape(resource: Resource) -> WorkerShape:
+    """Worker pods for the run: one Ray training worker per pod, or several trials on one GPU
+    when gpusPerWorker is a fraction. A sweep gets room for maxConcurrentTrials runs at once."""
+    if isinstance(resource, TuneSweep):
+        trial, concurrent = resource.spec.trial, resource.spec.max_concurrent_trials or 1
+    else:
+        trial, concurrent = resource.spec, 1
+    per_worker = trial.resources
+    gpus = per_worker.gpus_per_worker
+    per_pod = math.floor(1 / gpus) if 0 < gpus < 1 else 1
+    replicas = resource.spec.cluster.workers.replicas or math.ceil(per_worker.workers * concurrent / per_pod)
+    return WorkerShape(replicas=replicas, cpus=per_worker.cpus_per_worker * per_pod, gpus=math.ceil(gpus))
+
+
+def _quantity(cpus: float) -> str:
+    return str(int(cpus)) if cpus == int(cpus) else f"{round(cpus * 1000)}m"
+
+
+def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, Any]:
+    """The KubeRay RayJob (ray.io/v1) that runs a TrainingJob or TuneSweep."""
+    spec, cluster, meta = resource.spec, resource.spec.cluster, resource.metadata
+    name = rayjob_name(resource.kind, meta.name)
+    image = cluster.image or settings.trainer_image
+    tracking_uri(resource, settings)  # fail before building anything when there is none
+    shape = worker_shape(resource)
+
+    env_from = [{"secretRef": {"name": spec.mlflow.secret_ref.name}}] if spec.mlflow.secret_ref else []
+    user_mounts = [m.wire() for m in cluster.volume_mounts]
+
+    def container(role: str, resources: dict[str, str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": f"ray-{role}",
+            "image": image,
+            "resources": {"requests": resources, "limits": resources},
+            "volumeMounts": mounts,
+        }
+        if cluster.image_pull_policy:
+            body["imagePullPolicy"] = cluster.image_pull_policy
+        if env_from:
+            body["envFrom"] = env_from
+        return body
+
+    def pod(role: str, containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
+            placement: dict[str, Any]) -> dict[str, Any]:
+        pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes, **placement}
+        if cluster.priority_class_name:
+            pod_spec["priorityClassName"] = cluster.priority_class_name
+        if cluster.service_account_name:
+            pod_spec["serviceAccountName"] = cluster.service_account_name
+        pod_labels = {LABEL_KIND: resource.kind, LABEL_NAME: meta.name, "raylight.dev/role": role}
+        return {"metadata": {"labels": pod_labels}, "spec": pod_spec}
+
+    head_resources = {"cpu": cluster.head.cpu, "memory": cluster.head.memory}
+    manifest_mount = {"name": MANIFEST_VOLUME, "mountPath": MANIFEST_DIR, "readOnly": True}
+    manifest_volume = {"name": MANIFEST_VOLUME, "configMap": {"name": name}}
+    head = pod(
+        "head",
+        [container("head", head_resources, [manifest_mount, *user_mounts])],
+        [manifest_volume, *cluster.volumes],
+        {},
+    )
+    worker_resources = {"cpu": _quantity(shape.cpus), "memory": cluster.workers.memory}
+    if shape.gpus:
+        worker_resources[cluster.workers.gpu_resource] = str(shape.gpus)
+    placement: dict[str, Any] = {}
+    if cluster.node_selector:
+        placement["nodeSelector"] = dict(cluster.node_selector)
+    if cluster.tolerations:
+        placement["tolerations"] = [t.wire() for t in cluster.tolerations]
+    if cluster.affinity:
+        placement["affinity"] = cluster.affinity
+    worker = pod("worker", [container("worker", worker_resources, user_mounts)], list(cluster.volumes), placement)
+
+    entrypoint = shlex.join([
+        "python", "-m", "raylight_trainer", f"{MANIFEST_DIR}/{MANIFEST_FILE}", "--output", "json",
+        "--data-dir", cluster.data_dir, "--storage-path", cluster.storage_path,
+    ])
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": entrypoint,
+        "submissionMode": "K8sJobMode",
+        # KubeRay only suspends a RayJob that tears its cluster down when it finishes.
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
+        "backoffLimit": cluster.backoff_limit,
+        "suspend": spec.suspend,
+        "rayClusterSpec": {
+            "rayVersion": RAY_VERSION,
+            "headGroupSpec": {
+                # The head runs the driver only: no training lands on it (it has no GPU).
+                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                "template": head,
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "workers",
+                    "replicas": shape.replicas,
+                    "minReplicas": shape.replicas,
+                    "maxReplicas": shape.replicas,
+                    "rayStartParams": {},
+                    "template": worker,
+                }
+            ],
+        },
+    }
+    if cluster.active_deadline_seconds:
+        rayjob_spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": meta.namespace,
+        "labels": labels(resource),
+        "ownerReferences": [owner_reference(resource)],
+    }
+    metadata["annotations"] = {**_passthrough(_metadata_map(resource, "annotations")),
+                               RUN_HASH_ANNOTATION: run_hash(resource)}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": rayjob_spec}

@@ -1,0 +1,167 @@
+"""A real control plane (tests/cluster/up), the real KubeRay operator, and our operator as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from raylight.local.runner import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_SCRIPTS = REPO / "tests" / "cluster"
+# The namespace the real KubeRay operator watches; elsewhere tests drive RayJob status by hand,
+# as KubeRay would, where it cannot get there without a kubelet.
+KUBERAY_NAMESPACE = "kuberay-watched"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.2, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    directory: Path
+    kubeconfig: Path
+    bin: Path
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise AssertionError(result.stderr)
+        return dict(json.loads(result.stdout))
+
+    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+        return list(json.loads(self.kubectl(*args).stdout)["items"])
+
+    def apply(self, doc: dict[str, Any] | str, namespace: str) -> subprocess.CompletedProcess[str]:
+        text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+        return self.kubectl("apply", "-n", namespace, "-f", "-", input=text, check=False)
+
+    def patch_status(self, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
+        self.kubectl("patch", kind, name, "-n", namespace, "--subresource", "status", "--type", "merge",
+                     "-p", json.dumps({"status": status}))
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """etcd + kube-apiserver (RBAC on) + kube-controller-manager, built from Go modules once per machine."""
+    directory = tmp_path_factory.mktemp("cluster")
+    subprocess.run([str(CLUSTER_SCRIPTS / "up"), str(directory)], check=True, timeout=3600)
+    env = dict(line.removeprefix("export ").split("=", 1) for line in (directory / "env").read_text().splitlines())
+    cluster = Cluster(directory, Path(env["KUBECONFIG"]), Path(env["RAYLIGHT_CLUSTER_BIN"]))
+    yield cluster
+    subprocess.run([str(CLUSTER_SCRIPTS / "down"), str(directory)], check=False, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def kuberay(kube_cluster: Cluster) -> Iterator[str]:
+    """The real KubeRay operator, watching one namespace; yields that namespace."""
+    kube_cluster.kubectl("create", "namespace", KUBERAY_NAMESPACE)
+    log = (kube_cluster.directory / "kuberay-operator.log").open("w")
+    process = subprocess.Popen(
+        [str(kube_cluster.bin / "kuberay-operator"), "--watch-namespace", KUBERAY_NAMESPACE,
+         "--metrics-addr", "0", "--health-probe-bind-address", f"127.0.0.1:{free_port()}",
+         "--enable-leader-election=false"],
+        env={**os.environ, "KUBECONFIG": str(kube_cluster.kubeconfig)}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    yield KUBERAY_NAMESPACE
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def namespace(kube_cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube_cluster.kubectl("create", "namespace", name)
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+class OperatorProcess:
+    """`raylight operator` as its own process, so a test can kill it and start it again."""
+
+    def __init__(self, cluster: Cluster, tracking_uri: str, log_path: Path) -> None:
+        self.cluster, self.tracking_uri, self.log_path = cluster, tracking_uri, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        self.metrics_port, health_port = free_port(), free_port()
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "raylight.cli", "operator", "--kubeconfig", str(self.cluster.kubeconfig),
+             "--mlflow-tracking-uri", self.tracking_uri, "--trainer-image", "raylight-trainer:test",
+             "--metrics-port", str(self.metrics_port), "--health-port", str(health_port),
+             "--progress-interval", "1"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+        def healthy() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.log()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=60, what="the operator's liveness endpoint")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as when a node dies."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+
+@pytest.fixture
+def operator(kube_cluster: Cluster, mlflow_server: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kube_cluster, mlflow_server, tmp_path / "operator.log")
+    process.start()
+    yield process
+    process.stop()

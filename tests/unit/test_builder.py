@@ -1,0 +1,135 @@
+"""build_rayjob / build_configmap are pure: each example manifest has a golden RayJob and ConfigMap.
+
+Regenerate after an intended change with RAYLIGHT_UPDATE_GOLDEN=1 and review the diff."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from raylight.api import load_manifests, parse_resource
+from raylight.operator.builder import (
+    MAX_RAYJOB_NAME,
+    BuildError,
+    OperatorSettings,
+    build_configmap,
+    build_rayjob,
+    rayjob_name,
+    run_hash,
+    worker_shape,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden"
+SETTINGS = OperatorSettings(trainer_image="raylight-trainer:test", mlflow_tracking_uri="http://mlflow.mlflow:5000")
+UID = "0d5f2b5e-7c7a-4f0e-9a51-3b1c2d4e5f60"
+
+
+class _Readable(yaml.SafeDumper):
+    """Golden files for people: no anchors, multi-line strings as blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _block_strings(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+
+_Readable.add_representer(str, _block_strings)
+
+
+def with_identity(doc: dict[str, Any], namespace: str = "team-a") -> dict[str, Any]:
+    doc = dict(doc)
+    doc["metadata"] = {**doc["metadata"], "namespace": namespace, "uid": UID}
+    return doc
+
+
+def example(name: str) -> Any:
+    doc = yaml.safe_load((REPO / "examples" / name).read_text())
+    return parse_resource(with_identity(doc))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_golden(name: str) -> None:
+    resource = example(name)
+    rendered = yaml.dump_all([build_rayjob(resource, SETTINGS), build_configmap(resource, SETTINGS)],
+                             Dumper=_Readable, sort_keys=True)
+    golden = GOLDEN / f"{Path(name).stem}.yaml"
+    if os.environ.get("RAYLIGHT_UPDATE_GOLDEN"):
+        golden.write_text(rendered)
+    assert golden.exists(), f"no golden file {golden}: run with RAYLIGHT_UPDATE_GOLDEN=1"
+    assert rendered == golden.read_text(), f"{name}: RayJob differs from {golden} (RAYLIGHT_UPDATE_GOLDEN=1)"
+
+
+def test_gpu_sweep_asks_for_gpus_where_they_are() -> None:
+    rayjob = build_rayjob(example("cifar-sweep-gpu.yaml"), SETTINGS)
+    spec = rayjob["spec"]
+    workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    container = workers["template"]["spec"]["containers"][0]
+    assert workers["replicas"] == 4  # maxConcurrentTrials x 1 worker per trial
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["limits"]["cpu"] == "6"
+    assert workers["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    head_limits = head["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in head_limits and head["rayStartParams"]["num-cpus"] == "0"
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert rayjob["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert "--storage-path /results" in spec["entrypoint"]
+
+
+def test_trainer_gets_the_resource_with_operator_defaults() -> None:
+    resource = example("quickstart.yaml")
+    manifest = yaml.safe_load(build_configmap(resource, SETTINGS)["data"]["manifest.yaml"])
+    assert manifest["spec"]["mlflow"]["trackingUri"] == "http://mlflow.mlflow:5000"
+    assert manifest["metadata"]["uid"] == UID
+    reparsed = parse_resource(manifest)
+    assert reparsed.spec.model_dump(exclude={"mlflow"}) == resource.spec.model_dump(exclude={"mlflow"})
+
+
+def test_fractional_gpus_pack_trials_into_a_pod() -> None:
+    resource = parse_resource(with_identity({
+        "apiVersion": "raylight.dev/v1alpha1", "kind": "TuneSweep", "metadata": {"name": "frac"},
+        "spec": {"trial": {"resources": {"gpusPerWorker": 0.25, "cpusPerWorker": 2}},
+                 "numSamples": 16, "maxConcurrentTrials": 8},
+    }))
+    shape = worker_shape(resource)
+    assert (shape.replicas, shape.cpus, shape.gpus) == (2, 8, 1)
+
+
+def test_names_are_deterministic_and_fit_kuberay() -> None:
+    long = "a" * 50
+    assert rayjob_name("TuneSweep", "x") == "ts-x"
+    assert rayjob_name("TuneSweep", long) == rayjob_name("TuneSweep", long)
+    assert len(rayjob_name("TuneSweep", long)) <= MAX_RAYJOB_NAME
+    assert rayjob_name("TuneSweep", long) != rayjob_name("TuneSweep", long[:-1] + "b")
+    assert rayjob_name("TuneSweep", "9lives")[0].isalpha()  # KubeRay wants a DNS-1035 label
+
+
+def test_missing_tracking_uri_names_the_field() -> None:
+    resource = example("quickstart.yaml")
+    with pytest.raises(BuildError) as info:
+        build_rayjob(resource, OperatorSettings())
+    assert info.value.path == "spec.mlflow.trackingUri"
+
+
+def test_suspend_is_the_same_run() -> None:
+    resource = example("quickstart.yaml")
+    suspended = resource.model_copy(update={"spec": resource.spec.model_copy(update={"suspend": True})})
+    assert run_hash(suspended) == run_hash(resource)
+    assert build_rayjob(suspended, SETTINGS)["spec"]["suspend"] is True
+    changed = resource.model_copy(update={"spec": resource.spec.model_copy(update={"num_samples": 3})})
+    assert run_hash(changed) != run_hash(resource)
+
+
+def test_every_example_builds() -> None:
+    for file in (REPO / "examples").glob("*.yaml"):
+        for resource in load_manifests(file):
+            resource = parse_resource(with_identity(resource.model_dump(by_alias=True, exclude_none=True)))
+            assert build_rayjob(resource, SETTINGS)["kind"] == "RayJob"
