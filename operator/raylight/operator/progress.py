@@ -148,6 +148,11 @@ def read_progress(resource: Resource, tracking_uri: str) -> dict[str, Any]:
                 "metric": value,
                 "config": _sampled_config(_params(child)),
             }
+    # A finished sweep names its best trial; that is the answer (it may have peaked before its last epoch).
+    final_id, final_metric = _tags(run).get("raylight.best_trial_id"), _metrics(run).get(f"best_{metric}")
+    chosen = next((c for c in children if _tags(c).get("raylight.trial_id") == final_id), None)
+    if chosen is not None and final_metric is not None:
+        best = {"id": final_id, "metric": final_metric, "config": _sampled_config(_params(chosen))}
     counts["pending"] = max(0, sweep.num_samples - len(children))
     done = counts["succeeded"] + counts["stoppedEarly"] + counts["failed"]
     status.update(trials=counts, progress=f"{done}/{sweep.num_samples}")
