@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import yaml
@@ -76,6 +77,15 @@ def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, operator: Operat
     status = status_of(kube_cluster, "ts", "gpu-sweep", namespace)
     assert conditions(status)["Running"] == "True" and status["startTime"] == "2026-11-25T10:00:00Z"
     assert kube_cluster.kubectl("get", "ts", "-n", namespace).stdout.splitlines()[1].split()[1] == "Running"
+    # Status is written only when it changed: the progress timer (every second here) finds no
+    # MLflow run yet and leaves the object alone.
+    def version() -> str:
+        return str((kube_cluster.get("ts", "gpu-sweep", namespace) or {})["metadata"]["resourceVersion"])
+
+    before = version()
+    time.sleep(3)
+    assert version() == before, "the operator rewrote an unchanged status"
+    assert 'raylight_resources{kind="TuneSweep",phase="Running"} 1.0' in operator.metrics()
 
     kube_cluster.patch_status("rayjob", "ts-gpu-sweep", namespace, {
         "jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "endTime": "2026-11-25T11:00:00Z"})
