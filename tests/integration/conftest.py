@@ -52,6 +52,22 @@ class Cluster:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
 
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(self.bin / "helm"), "--kubeconfig", str(self.kubeconfig), *args],
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def kubeconfig_for(self, service_account: str, namespace: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (a TokenRequest token), as its pod would."""
+        token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration", "2h").stdout.strip()
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"] = [{"name": service_account, "user": {"token": token}}]
+        config["contexts"][0]["context"]["user"] = service_account
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
         if result.returncode != 0:
@@ -111,8 +127,11 @@ def namespace(kube_cluster: Cluster) -> Iterator[str]:
 class OperatorProcess:
     """`raylight operator` as its own process, so a test can kill it and start it again."""
 
-    def __init__(self, cluster: Cluster, tracking_uri: str, log_path: Path) -> None:
+    def __init__(self, cluster: Cluster, tracking_uri: str, log_path: Path, kubeconfig: Path | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.cluster, self.tracking_uri, self.log_path = cluster, tracking_uri, log_path
+        self.kubeconfig = kubeconfig or cluster.kubeconfig  # another identity, e.g. a ServiceAccount's
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
 
@@ -120,10 +139,10 @@ class OperatorProcess:
         self.metrics_port, health_port = free_port(), free_port()
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "raylight.cli", "operator", "--kubeconfig", str(self.cluster.kubeconfig),
+            [sys.executable, "-m", "raylight.cli", "operator", "--kubeconfig", str(self.kubeconfig),
              "--mlflow-tracking-uri", self.tracking_uri, "--trainer-image", "raylight-trainer:test",
              "--metrics-port", str(self.metrics_port), "--health-port", str(health_port),
-             "--progress-interval", "1"],
+             "--progress-interval", "1", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
 

@@ -75,6 +75,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration",
     )
     settings.posting.level = logging.WARNING  # Events: our transitions and real failures only
+    # The resources and namespaces are known at start: no watching of CRDs and namespaces, so
+    # no RBAC for them (install the CRDs before the operator, as the Helm chart does).
+    settings.scanning.disabled = True
     workers = int(os.environ.get("RAYLIGHT_WORKERS", "16"))
     settings.execution.max_workers = workers
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]

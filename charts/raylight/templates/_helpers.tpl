@@ -1,0 +1,67 @@
+{{- define "raylight.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "raylight.selectorLabels" -}}
+app.kubernetes.io/name: raylight
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "raylight.labels" -}}
+{{ include "raylight.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The bundled MLflow server runs unless an external tracking URI is given. */}}
+{{- define "raylight.mlflowServer" -}}
+{{- if and .Values.mlflow.server.enabled (not .Values.mlflow.trackingUri) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "raylight.trackingUri" -}}
+{{- if .Values.mlflow.trackingUri -}}{{ .Values.mlflow.trackingUri }}
+{{- else if include "raylight.mlflowServer" . -}}
+{{- printf "http://%s-mlflow.%s.svc:%d" (include "raylight.fullname" .) .Release.Namespace (int .Values.mlflow.server.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "raylight.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "raylight.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{/* The rules the operator uses, and no more: see the README's RBAC table. */}}
+{{- define "raylight.rules" -}}
+- apiGroups: [raylight.dev]
+  resources: [trainingjobs, tunesweeps]
+  verbs: [get, list, watch, patch]          # patch: kopf's progress annotations
+- apiGroups: [raylight.dev]
+  resources: [trainingjobs/status, tunesweeps/status]
+  verbs: [get, patch]
+- apiGroups: [ray.io]
+  resources: [rayjobs]
+  verbs: [get, list, watch, create, patch, delete]   # create + patch: server-side apply
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch]                    # the manifest ConfigMap, server-side applied
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- if gt (int .Values.replicaCount) 1 }}
+- apiGroups: [kopf.dev]
+  resources: [{{ if .Values.watchNamespaces }}kopfpeerings{{ else }}clusterkopfpeerings{{ end }}]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end -}}

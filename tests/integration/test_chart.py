@@ -1,0 +1,163 @@
+"""The Helm chart: lint, schema, and its output on the real API server; RBAC proven by running the
+operator as the chart's ServiceAccount through a whole TuneSweep flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import REPO, Cluster, OperatorProcess, wait_for
+from .test_operator import gpu_sweep, status_of
+
+CHART = REPO / "charts" / "raylight"
+VALUES = sorted((CHART / "ci").glob("*.yaml"))
+
+
+def render(cluster: Cluster, namespace: str, *args: str, release: str = "raylight") -> list[dict[str, Any]]:
+    text = cluster.helm("template", release, str(CHART), "-n", namespace, *args).stdout
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    for file in (REPO / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / file.name).read_text() == file.read_text(), \
+            f"charts/raylight/crds/{file.name} drifted from crds/: copy it (`raylight crds charts/raylight/crds`)"
+
+
+@pytest.mark.parametrize("values", [None, *VALUES], ids=["default", *(v.stem for v in VALUES)])
+def test_lint_strict(kube_cluster: Cluster, values: Path | None) -> None:
+    result = kube_cluster.helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("replicaCount=0", "at '/replicaCount': minimum: got 0, want 1"),
+    ("logLevel=verbose", "at '/logLevel': value must be one of 'info', 'debug'"),
+    ("replicas=2", "additional properties 'replicas' not allowed"),
+    ("watchNamespaces[0]=Team_A", "at '/watchNamespaces/0'"),
+    ("mlflow.trackingUri=mlflow.example.com", "at '/mlflow/trackingUri'"),
+])
+def test_bad_values_are_refused_with_the_key(kube_cluster: Cluster, setting: str, message: str) -> None:
+    result = kube_cluster.helm("lint", "--strict", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0 and message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_no_mlflow_at_all_is_refused(kube_cluster: Cluster) -> None:
+    result = kube_cluster.helm("template", "raylight", str(CHART), "--set", "mlflow.server.enabled=false", check=False)
+    assert result.returncode != 0 and "No MLflow: set mlflow.trackingUri" in result.stderr
+
+
+def test_rules_are_least_privilege(kube_cluster: Cluster) -> None:
+    for values in [None, *VALUES]:
+        docs = render(kube_cluster, "raylight-system", *(["-f", str(values)] if values else []))
+        roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+        assert roles
+        for role in roles:
+            for rule in role["rules"]:
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule.get(key, []), f"{values}: wildcard in {role['kind']} {rule}"
+                assert "secrets" not in rule["resources"], "the operator reads no Secret"
+                assert not {"update", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def test_hardened_by_default(kube_cluster: Cluster) -> None:
+    docs = render(kube_cluster, "raylight-system")
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert container["resources"]["requests"], f"{container['name']} has no requests"
+
+
+@pytest.mark.parametrize("values", [None, *(v for v in VALUES if "monitoring" not in v.stem)],
+                         ids=["default", *(v.stem for v in VALUES if "monitoring" not in v.stem)])
+def test_rendered_chart_is_accepted_by_the_api_server(kube_cluster: Cluster, values: Path | None,
+                                                      tmp_path: Path) -> None:
+    release_ns = f"rl-{values.stem[:12] if values else 'default'}"
+    kube_cluster.kubectl("create", "namespace", release_ns, check=False)
+    # A release of its own: cluster-scoped RBAC objects are named after the release.
+    docs = render(kube_cluster, release_ns, "--include-crds", *(["-f", str(values)] if values else []),
+                  release=release_ns)
+    for namespace in {d["metadata"].get("namespace") for d in docs} - {None, release_ns}:
+        kube_cluster.kubectl("create", "namespace", namespace, check=False)
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    applied = kube_cluster.kubectl("apply", "--server-side", "--field-manager", "helm-test", "-f", str(manifest),
+                                   check=False)
+    assert applied.returncode == 0, applied.stderr
+    again = kube_cluster.kubectl("apply", "--server-side", "--field-manager", "helm-test", "-f", str(manifest))
+    assert "serverside-applied" in again.stdout
+
+
+def install_as_service_account(kube_cluster: Cluster, release_ns: str, tmp_path: Path,
+                               *helm_args: str) -> Path:
+    kube_cluster.kubectl("create", "namespace", release_ns, check=False)
+    docs = [d for d in render(kube_cluster, release_ns, *helm_args)
+            if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    for namespace in {d["metadata"].get("namespace") for d in docs} - {None}:
+        kube_cluster.kubectl("create", "namespace", namespace, check=False)
+    (tmp_path / "rbac.yaml").write_text(yaml.safe_dump_all(docs))
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(tmp_path / "rbac.yaml"))
+    return kube_cluster.kubeconfig_for("raylight", release_ns, tmp_path / "sa.kubeconfig")
+
+
+def test_operator_as_its_service_account_never_gets_a_403(kube_cluster: Cluster, mlflow_server: str,
+                                                          tmp_path: Path) -> None:
+    kubeconfig = install_as_service_account(kube_cluster, "raylight-system", tmp_path)
+    operator = OperatorProcess(kube_cluster, mlflow_server, tmp_path / "operator.log", kubeconfig=kubeconfig)
+    namespace = "rbac-flow"
+    kube_cluster.kubectl("create", "namespace", namespace)
+    operator.start()
+    try:
+        assert kube_cluster.apply(gpu_sweep(), namespace).returncode == 0
+        wait_for(lambda: kube_cluster.get("rayjob", "ts-gpu-sweep", namespace), what="the RayJob")
+        for deployment, job in (("Running", "RUNNING"), ("Complete", "SUCCEEDED")):
+            kube_cluster.patch_status("rayjob", "ts-gpu-sweep", namespace,
+                                      {"jobDeploymentStatus": deployment, "jobStatus": job})
+        wait_for(lambda: status_of(kube_cluster, "ts", "gpu-sweep", namespace).get("phase") == "Succeeded",
+                 what="Succeeded")
+        # A new run of the finished sweep replaces its RayJob (delete), suspend patches it.
+        assert kube_cluster.apply(gpu_sweep(numSamples=6, suspend=True), namespace).returncode == 0
+        wait_for(lambda: (kube_cluster.get("rayjob", "ts-gpu-sweep", namespace) or {}).get("spec", {}).get("suspend"),
+                 timeout=60, what="the new, suspended RayJob")
+        bad = gpu_sweep("bad")
+        bad["spec"]["trial"]["model"] = {"preset": "vit-nano", "imageSize": 30}
+        assert kube_cluster.apply(bad, namespace).returncode == 0
+        wait_for(lambda: status_of(kube_cluster, "ts", "bad", namespace).get("phase") == "Failed", what="Failed")
+        kube_cluster.kubectl("delete", "ts", "gpu-sweep", "-n", namespace)
+    finally:
+        operator.stop()
+    log = operator.log_path.read_text()
+    assert "403" not in log and "Forbidden" not in log, log[-3000:]
+    events = [e["reason"] for e in kube_cluster.list("events", namespace)]
+    assert "Succeeded" in events and "InvalidSpec" in events  # events were posted as the ServiceAccount
+
+
+def test_namespaced_install_sees_only_its_namespaces(kube_cluster: Cluster, mlflow_server: str,
+                                                     tmp_path: Path) -> None:
+    kubeconfig = install_as_service_account(kube_cluster, "raylight-ns", tmp_path, "--set", "watchNamespaces={team-x}")
+    allowed = kube_cluster.kubectl("--kubeconfig", str(kubeconfig), "auth", "can-i", "patch", "rayjobs.ray.io",
+                                   "-n", "team-x", check=False).stdout.strip()
+    denied = kube_cluster.kubectl("--kubeconfig", str(kubeconfig), "auth", "can-i", "patch", "rayjobs.ray.io",
+                                  "-n", "default", check=False).stdout.strip()
+    assert (allowed, denied) == ("yes", "no")
+    operator = OperatorProcess(kube_cluster, mlflow_server, tmp_path / "operator.log", kubeconfig=kubeconfig,
+                               extra_args=("--namespace", "team-x"))
+    operator.start()
+    try:
+        assert kube_cluster.apply(gpu_sweep("mine"), "team-x").returncode == 0
+        kube_cluster.kubectl("create", "namespace", "team-y", check=False)
+        assert kube_cluster.apply(gpu_sweep("not-mine"), "team-y").returncode == 0
+        wait_for(lambda: kube_cluster.get("rayjob", "ts-mine", "team-x"), what="the RayJob in team-x")
+    finally:
+        operator.stop()
+    assert kube_cluster.get("rayjob", "ts-not-mine", "team-y") is None
+    log = operator.log_path.read_text()
+    assert "403" not in log and "Forbidden" not in log, log[-3000:]
