@@ -20,7 +20,7 @@ SETTINGS_IMAGE = "raylight-trainer:test"
 
 def gpu_sweep(name: str = "gpu-sweep", **spec: Any) -> dict[str, Any]:
     doc = yaml.safe_load((REPO / "examples" / "cifar-sweep-gpu.yaml").read_text())
-    doc["metadata"] = {"name": name}
+    doc["metadata"] = {"name": name}  # without the Kueue label: no Kueue here to admit it
     doc["spec"]["mlflow"].pop("secretRef")
     doc["spec"].update(spec)
     return dict(doc)
@@ -245,3 +245,28 @@ def test_operator_imports_neither_torch_nor_ray() -> None:
     )
     result = subprocess.run([sys.executable, "-c", "import json;" + code], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_operator_never_fights_gitops_over_the_spec(kube_cluster: Cluster, namespace: str,
+                                                    operator: OperatorProcess) -> None:
+    # Argo CD (and kubectl) apply the manifest; the operator reconciles; the same apply is a no-op.
+    manifest = str(REPO / "examples" / "quickstart.yaml")
+    kube_cluster.kubectl("apply", "-n", namespace, "--server-side", "--field-manager", "argocd-controller",
+                         "-f", manifest)
+    wait_for(lambda: status_of(kube_cluster, "ts", "vit-digits-asha", namespace).get("phase"), what="a phase")
+    body = json.loads(kube_cluster.kubectl("get", "ts", "vit-digits-asha", "-n", namespace, "-o", "json",
+                                           "--show-managed-fields").stdout)
+    assert {e["manager"] for e in body["metadata"]["managedFields"]} > {"argocd-controller"}
+    for entry in body["metadata"]["managedFields"]:
+        if entry["manager"] != "argocd-controller":
+            assert "f:spec" not in entry.get("fieldsV1", {}), f"{entry['manager']} writes the spec"
+    again = kube_cluster.kubectl("apply", "-n", namespace, "--server-side", "--field-manager", "argocd-controller",
+                                 "-f", manifest)
+    assert again.returncode == 0
+    after = kube_cluster.get("ts", "vit-digits-asha", namespace)
+    assert after is not None and after["metadata"]["generation"] == body["metadata"]["generation"]
+    # A field another manager owns on the RayJob (e.g. Kueue's suspend, a label) survives our re-apply.
+    kube_cluster.kubectl("label", "rayjob", "ts-vit-digits-asha", "-n", namespace, "team=vision")
+    kube_cluster.kubectl("annotate", "ts", "vit-digits-asha", "-n", namespace, "touch=1")  # triggers a reconcile
+    wait_for(lambda: (kube_cluster.get("rayjob", "ts-vit-digits-asha", namespace) or {})
+             .get("metadata", {}).get("labels", {}).get("team") == "vision", what="the label to stay")

@@ -9,8 +9,7 @@ import yaml
 
 from raylight.api import ManifestError, TuneSweep, load_manifests, parse_resource
 from raylight.cli import main
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from tests.examples import EXAMPLES, MANIFESTS
 
 
 def sweep(**spec: object) -> dict:
@@ -31,7 +30,7 @@ def errors_of(doc: dict) -> list[tuple[str, str]]:
 
 
 def test_examples_validate() -> None:
-    for file in EXAMPLES.glob("*.yaml"):
+    for file in MANIFESTS:
         assert load_manifests(file), file
 
 

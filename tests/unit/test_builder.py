@@ -22,6 +22,7 @@ from raylight.operator.builder import (
     run_hash,
     worker_shape,
 )
+from tests.examples import MANIFESTS
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
@@ -54,7 +55,7 @@ def example(name: str) -> Any:
     return parse_resource(with_identity(doc))
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+@pytest.mark.parametrize("name", [p.name for p in MANIFESTS])
 def test_golden(name: str) -> None:
     resource = example(name)
     rendered = yaml.dump_all([build_rayjob(resource, SETTINGS), build_configmap(resource, SETTINGS)],
@@ -119,6 +120,14 @@ def test_missing_tracking_uri_names_the_field() -> None:
     assert info.value.path == "spec.mlflow.trackingUri"
 
 
+def test_kueue_owns_suspend_of_a_queued_rayjob() -> None:
+    queued = example("cifar-sweep-gpu.yaml")
+    assert "suspend" not in build_rayjob(queued, SETTINGS)["spec"], "Kueue unsuspends it on admission"
+    suspended = queued.model_copy(update={"spec": queued.spec.model_copy(update={"suspend": True})})
+    assert build_rayjob(suspended, SETTINGS)["spec"]["suspend"] is True
+    assert build_rayjob(example("quickstart.yaml"), SETTINGS)["spec"]["suspend"] is False
+
+
 def test_suspend_is_the_same_run() -> None:
     resource = example("quickstart.yaml")
     suspended = resource.model_copy(update={"spec": resource.spec.model_copy(update={"suspend": True})})
@@ -129,7 +138,7 @@ def test_suspend_is_the_same_run() -> None:
 
 
 def test_every_example_builds() -> None:
-    for file in (REPO / "examples").glob("*.yaml"):
+    for file in MANIFESTS:
         for resource in load_manifests(file):
             resource = parse_resource(with_identity(resource.model_dump(by_alias=True, exclude_none=True)))
             assert build_rayjob(resource, SETTINGS)["kind"] == "RayJob"

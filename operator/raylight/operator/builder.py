@@ -29,6 +29,7 @@ LABEL_NAME = "raylight.dev/name"
 # e.g. Kueue admits the RayJob (kueue.x-k8s.io/queue-name). Other labels stay on the resource:
 # a GitOps tool's tracking label copied to the RayJob would make the tool prune it.
 PASSTHROUGH_PREFIXES = ("kueue.x-k8s.io/",)
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 # The run a RayJob belongs to (see run_hash): a spec change after it finished replaces the RayJob.
 RUN_HASH_ANNOTATION = "raylight.dev/run-hash"
@@ -241,7 +242,6 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
         "backoffLimit": cluster.backoff_limit,
-        "suspend": spec.suspend,
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
             "headGroupSpec": {
@@ -263,6 +263,10 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     }
     if cluster.active_deadline_seconds:
         rayjob_spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
+    # Kueue suspends a queued RayJob and unsuspends it on admission: leave the field to it
+    # unless the user suspends the run (a false applied by us would start it unadmitted).
+    if spec.suspend or QUEUE_LABEL not in labels(resource):
+        rayjob_spec["suspend"] = spec.suspend
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": meta.namespace,
