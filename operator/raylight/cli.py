@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import sys
 from typing import Any
 
@@ -93,9 +94,11 @@ def _operator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    # kopf pauses every peer when two share a priority: identical replicas each draw their own.
+    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
     kopf.run(
         clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=args.peering is None,
-        peering_name=args.peering, liveness_endpoint=liveness, memo=memo,
+        peering_name=args.peering, priority=priority, liveness_endpoint=liveness, memo=memo,
     )
     return 0
 
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="liveness /healthz port (0: off)")
     operator.add_argument("--peering",
                           help="kopf peering name: replicas of one operator take turns (default: standalone)")
+    operator.add_argument("--priority", type=int,
+                          help="kopf peering priority: the highest live one acts (default: random per process)")
     operator.add_argument("--progress-interval", type=float, default=30.0,
                           help="seconds between reads of a running job's progress from MLflow")
     operator.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else KUBECONFIG)")

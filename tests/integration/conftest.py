@@ -143,7 +143,7 @@ class OperatorProcess:
              "--mlflow-tracking-uri", self.tracking_uri, "--trainer-image", "raylight-trainer:test",
              "--metrics-port", str(self.metrics_port), "--health-port", str(health_port),
              "--progress-interval", "1", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
         def healthy() -> bool:

@@ -161,3 +161,50 @@ def test_namespaced_install_sees_only_its_namespaces(kube_cluster: Cluster, mlfl
     assert kube_cluster.get("rayjob", "ts-not-mine", "team-y") is None
     log = operator.log_path.read_text()
     assert "403" not in log and "Forbidden" not in log, log[-3000:]
+
+
+def test_helm_install_and_uninstall(kube_cluster: Cluster) -> None:
+    """The real `helm install`: its live lookups find KubeRay's CRD; NOTES say what to do next."""
+    installed = kube_cluster.helm("install", "raylight", str(CHART), "-n", "rl-install", "--create-namespace")
+    assert "kubectl get tunesweeps -w" in installed.stdout
+    deployments = {d["metadata"]["name"] for d in kube_cluster.list("deployments", "rl-install")}
+    assert deployments == {"raylight", "raylight-mlflow"}
+    kube_cluster.helm("uninstall", "raylight", "-n", "rl-install")
+    assert kube_cluster.list("deployments", "rl-install") == []
+    # The experiments' volume outlives the release.
+    assert [p["metadata"]["name"] for p in kube_cluster.list("pvc", "rl-install")] == ["raylight-mlflow"]
+
+
+def test_replicas_take_turns_through_peering(kube_cluster: Cluster, mlflow_server: str, tmp_path: Path) -> None:
+    """Two replicas as the chart's ServiceAccount (replicaCount 2): one acts, the other stands by."""
+    kubeconfig = install_as_service_account(kube_cluster, "rl-peering", tmp_path, "--set", "replicaCount=2")
+    peering = [d for d in render(kube_cluster, "rl-peering", "--set", "replicaCount=2")
+               if d["kind"] == "ClusterKopfPeering"]
+    assert len(peering) == 1
+    (tmp_path / "peering.yaml").write_text(yaml.safe_dump(peering[0]))
+    kube_cluster.kubectl("apply", "-f", str(CHART / "crds" / "kopf.dev_peerings.yaml"))
+    kube_cluster.kubectl("wait", "--for", "condition=Established", "crd/clusterkopfpeerings.kopf.dev")
+    kube_cluster.kubectl("apply", "-f", str(tmp_path / "peering.yaml"))
+    name = peering[0]["metadata"]["name"]
+    replicas = [
+        OperatorProcess(kube_cluster, mlflow_server, tmp_path / f"replica-{priority}.log", kubeconfig=kubeconfig,
+                        extra_args=("--peering", name, "--priority", str(priority)))
+        for priority in (100, 200)
+    ]
+    for replica in replicas:
+        replica.start()
+    namespace = "rl-peering-work"
+    kube_cluster.kubectl("create", "namespace", namespace)
+    try:
+        wait_for(lambda: "Pausing operations in favour of" in replicas[0].log_path.read_text(), timeout=60,
+                 what="the lower-priority replica to stand by")
+        assert kube_cluster.apply(gpu_sweep("peered"), namespace).returncode == 0
+        wait_for(lambda: kube_cluster.get("rayjob", "ts-peered", namespace), what="the RayJob")
+        assert "Handler 'reconcile' succeeded" in replicas[1].log_path.read_text()
+        assert "Handler 'reconcile' succeeded" not in replicas[0].log_path.read_text()
+    finally:
+        for replica in replicas:
+            replica.stop()
+    for replica in replicas:
+        log = replica.log_path.read_text()
+        assert "403" not in log and "Forbidden" not in log, log[-3000:]
