@@ -80,7 +80,6 @@ def test_gpu_sweep_asks_for_gpus_where_they_are() -> None:
     head = spec["rayClusterSpec"]["headGroupSpec"]
     head_limits = head["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert "nvidia.com/gpu" not in head_limits and head["rayStartParams"]["num-cpus"] == "0"
-    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert rayjob["metadata"]["ownerReferences"][0]["uid"] == UID
     assert "--storage-path /results" in spec["entrypoint"]
 
@@ -121,7 +120,8 @@ def test_missing_tracking_uri_names_the_field() -> None:
 
 
 def test_kueue_owns_suspend_of_a_queued_rayjob() -> None:
-    queued = example("cifar-sweep-gpu.yaml")
+    queued = example("kueue-sweep.yaml")
+    assert build_rayjob(queued, SETTINGS)["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert "suspend" not in build_rayjob(queued, SETTINGS)["spec"], "Kueue unsuspends it on admission"
     suspended = queued.model_copy(update={"spec": queued.spec.model_copy(update={"suspend": True})})
     assert build_rayjob(suspended, SETTINGS)["spec"]["suspend"] is True
