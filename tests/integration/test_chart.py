@@ -165,14 +165,15 @@ def test_namespaced_install_sees_only_its_namespaces(kube_cluster: Cluster, mlfl
 
 def test_helm_install_and_uninstall(kube_cluster: Cluster) -> None:
     """The real `helm install`: its live lookups find KubeRay's CRD; NOTES say what to do next."""
-    installed = kube_cluster.helm("install", "raylight", str(CHART), "-n", "rl-install", "--create-namespace")
+    # A release name of its own: other tests applied the default release's cluster-scoped RBAC.
+    installed = kube_cluster.helm("install", "rl-install", str(CHART), "-n", "rl-install", "--create-namespace")
     assert "kubectl get tunesweeps -w" in installed.stdout
     deployments = {d["metadata"]["name"] for d in kube_cluster.list("deployments", "rl-install")}
-    assert deployments == {"raylight", "raylight-mlflow"}
-    kube_cluster.helm("uninstall", "raylight", "-n", "rl-install")
+    assert deployments == {"rl-install-raylight", "rl-install-raylight-mlflow"}
+    kube_cluster.helm("uninstall", "rl-install", "-n", "rl-install")
     assert kube_cluster.list("deployments", "rl-install") == []
     # The experiments' volume outlives the release.
-    assert [p["metadata"]["name"] for p in kube_cluster.list("pvc", "rl-install")] == ["raylight-mlflow"]
+    assert [p["metadata"]["name"] for p in kube_cluster.list("pvc", "rl-install")] == ["rl-install-raylight-mlflow"]
 
 
 def test_replicas_take_turns_through_peering(kube_cluster: Cluster, mlflow_server: str, tmp_path: Path) -> None:

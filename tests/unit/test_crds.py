@@ -38,3 +38,15 @@ def test_schemas_are_structural_and_described() -> None:
                 assert node.get("description"), f"{kind} {path} has no description (kubectl explain shows it)"
             if node.get("type") == "string" and "enum" not in node:
                 assert "maxLength" in node, f"{kind} {path}: unbounded strings make CEL cost estimates fail"
+
+
+def test_no_defaults_inside_list_items() -> None:
+    """A defaulted field in a list item makes every client-side apply report `configured`."""
+    def walk(node: object, in_items: bool) -> None:
+        if isinstance(node, dict):
+            assert not (in_items and "default" in node), node
+            for key, value in node.items():
+                walk(value, in_items or key == "items")
+
+    for kind in ("TrainingJob", "TuneSweep"):
+        walk(build_crd(kind)["spec"]["versions"][0]["schema"], False)

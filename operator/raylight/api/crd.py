@@ -134,6 +134,18 @@ class _Converter:
         return schema
 
 
+def _without_item_defaults(schema: Any, in_list: bool = False) -> Any:
+    """No server-side defaults inside list items: a client-side `kubectl apply` (and Argo CD)
+    replaces a whole list whenever the live one differs from the manifest, and a defaulted field
+    in an item makes it differ on every apply."""
+    if isinstance(schema, dict):
+        return {key: _without_item_defaults(value, in_list or key == "items")
+                for key, value in schema.items() if not (in_list and key == "default")}
+    if isinstance(schema, list):
+        return [_without_item_defaults(value, in_list) for value in schema]
+    return schema
+
+
 def _clean(text: str) -> str:
     return " ".join(text.split())
 
@@ -186,7 +198,7 @@ def build_crd(kind: str) -> dict[str, Any]:
     """The CustomResourceDefinition of TrainingJob or TuneSweep."""
     info = KIND_INFO[kind]
     spec_model, status_model = info["spec"], info["status"]
-    spec = _Converter(spec_model, defaults=True).model(spec_model)
+    spec = _without_item_defaults(_Converter(spec_model, defaults=True).model(spec_model))
     spec["default"] = {}  # so that server-side defaults fill an omitted spec too
     status = _Converter(status_model, defaults=False).model(status_model)
     conditions = status["properties"]["conditions"]
