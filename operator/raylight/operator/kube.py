@@ -6,6 +6,7 @@ again changes nothing, and fields other managers own (a GitOps tool's, KubeRay's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -99,8 +100,6 @@ class Kube:
 
 def api_message(exc: ApiException) -> str:
     """The API server's own message (it names the field), not the HTTP dump."""
-    import json
-
     try:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except ValueError:
