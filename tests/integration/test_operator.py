@@ -270,3 +270,19 @@ def test_operator_never_fights_gitops_over_the_spec(kube_cluster: Cluster, names
     kube_cluster.kubectl("annotate", "ts", "vit-digits-asha", "-n", namespace, "touch=1")  # triggers a reconcile
     wait_for(lambda: (kube_cluster.get("rayjob", "ts-vit-digits-asha", namespace) or {})
              .get("metadata", {}).get("labels", {}).get("team") == "vision", what="the label to stay")
+
+
+def test_what_the_rayjob_schema_refuses_fails_the_resource_and_leaves_nothing(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    # Volumes pass through as Kubernetes objects: KubeRay's RayJob schema is what checks them.
+    doc = gpu_sweep("bad-volume")
+    doc["spec"]["cluster"]["volumes"][0] = {"name": "datasets", "persistentVolumeClaim": {"claimName": 42}}
+    assert kube_cluster.apply(doc, namespace).returncode == 0
+    status = wait_for(lambda: (s := status_of(kube_cluster, "ts", "bad-volume", namespace)).get("phase") == "Failed"
+                      and s, what="phase Failed")
+    spec_valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["message"].startswith("spec.cluster: KubeRay's RayJob refuses it")
+    assert "claimName" in spec_valid["message"]
+    assert rayjobs(kube_cluster, namespace) == []
+    assert kube_cluster.list("configmaps", namespace, "app.kubernetes.io/managed-by=raylight-operator") == []

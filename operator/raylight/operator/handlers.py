@@ -34,7 +34,7 @@ from .builder import (
     run_hash,
     tracking_uri,
 )
-from .kube import PLURALS, Kube, api_message
+from .kube import PLURALS, Kube, api_message, refused_by_schema
 from .progress import ProgressError, read_progress
 from .state import (
     TERMINAL_PHASES,
@@ -136,13 +136,15 @@ def reconcile(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -
         # A new run of a finished or suspended one: KubeRay does not restart a RayJob, replace it.
         kube.delete_rayjob(meta.namespace, name)
         raise kopf.TemporaryError(f"replacing RayJob {name} of the previous run", delay=2)
-    kube.apply_configmap(configmap)
+    # The RayJob first: when its schema refuses what we passed through (a malformed volume, say),
+    # nothing is left behind. Its head pod waits for the ConfigMap's volume until it exists.
     try:
         kube.apply_rayjob(rayjob)
     except ApiException as exc:
-        if exc.status in (400, 422):  # the RayJob schema refuses something we passed through
+        if refused_by_schema(exc):
             _reject(body, kube, "spec.cluster", f"KubeRay's RayJob refuses it: {api_message(exc)}")
         raise
+    kube.apply_configmap(configmap)
 
     # What the RayJob says now: its last status (a restarted operator may have missed it) under
     # the spec just applied (a suspend flag may have flipped); a new RayJob has no status yet.

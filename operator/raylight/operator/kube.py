@@ -104,3 +104,11 @@ def api_message(exc: ApiException) -> str:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except ValueError:
         return str(exc.reason)
+
+
+def refused_by_schema(exc: ApiException) -> bool:
+    """The object itself is wrong (it will be on every retry), not the server.
+
+    Server-side apply answers a value of the wrong type with a 500 "failed to create typed patch
+    object" instead of a 422."""
+    return exc.status in (400, 422) or (exc.status == 500 and "failed to create typed patch object" in api_message(exc))
