@@ -20,6 +20,7 @@ from raylight.api import Distribution, TrialSpec, TuneSweep, apply_overrides
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
 from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash
 from .tracking import (
+    TAG_BEST_TRIAL_ID,
     TAG_KIND,
     TAG_NAME,
     TAG_STATE,
@@ -228,7 +229,7 @@ def run_sweep(
         best = (max if mode == "max" else min)(scored, key=lambda t: t.metric or 0.0)
         result.best = best
         client.log_metric(parent_run_id, f"best_{metric}", float(best.metric or 0.0))
-        client.set_tag(parent_run_id, "raylight.best_trial_id", best.trial_id)
+        client.set_tag(parent_run_id, TAG_BEST_TRIAL_ID, best.trial_id)
         if best.run_id:
             client.set_tag(parent_run_id, "raylight.best_run_id", best.run_id)
         log_params(client, parent_run_id, {f"best.{k}": v for k, v in best.config.items()})

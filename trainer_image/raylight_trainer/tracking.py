@@ -14,17 +14,19 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from raylight.api.tags import (  # noqa: F401  (re-exported for the trainer's modules)
+    TAG_BEST_TRIAL_ID,
+    TAG_KIND,
+    TAG_NAME,
+    TAG_NAMESPACE,
+    TAG_STATE,
+    TAG_STOPPED_EARLY,
+    TAG_TRIAL_ID,
+    TAG_UID,
+)
+
 log = logging.getLogger(__name__)
 
-TAG_KIND = "raylight.kind"
-TAG_NAME = "raylight.name"
-TAG_NAMESPACE = "raylight.namespace"
-TAG_TRIAL_ID = "raylight.trial_id"
-TAG_STATE = "raylight.state"
-TAG_STOPPED_EARLY = "raylight.stopped_early"
-# The resource's metadata.uid on a cluster: the operator finds exactly this resource's runs by it
-# (a deleted and re-created resource of the same name gets new runs).
-TAG_UID = "raylight.uid"
 
 
 def resource_tags(kind: str, name: str, namespace: str, uid: str | None) -> dict[str, str]:

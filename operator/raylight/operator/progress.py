@@ -18,6 +18,7 @@ from typing import Any
 
 from raylight.api import TrainingJob, TuneSweep
 from raylight.api.manifest import Resource
+from raylight.api.tags import TAG_BEST_TRIAL_ID, TAG_PARENT_RUN_ID, TAG_STATE, TAG_TRIAL_ID, TAG_UID
 
 _TIMEOUT_S = 10
 _MAX_TRIAL_RUNS = 1000
@@ -112,7 +113,7 @@ def read_progress(resource: Resource, tracking_uri: str) -> dict[str, Any]:
     experiment_id = reader.experiment_id(spec.mlflow.experiment or meta.name)
     if experiment_id is None:
         return {}
-    identity = f"tags.`raylight.uid` = '{meta.uid}'"
+    identity = f"tags.`{TAG_UID}` = '{meta.uid}'"
     runs = reader.search(experiment_id, identity, 1)
     if not runs:
         return {}
@@ -129,11 +130,11 @@ def read_progress(resource: Resource, tracking_uri: str) -> dict[str, Any]:
         return status
     assert isinstance(resource, TuneSweep)
     sweep = resource.spec
-    children = reader.search(experiment_id, f"tags.`mlflow.parentRunId` = '{run_id}'", _MAX_TRIAL_RUNS)
+    children = reader.search(experiment_id, f"tags.`{TAG_PARENT_RUN_ID}` = '{run_id}'", _MAX_TRIAL_RUNS)
     counts = {"total": sweep.num_samples, "pending": 0, "running": 0, "succeeded": 0, "stoppedEarly": 0, "failed": 0}
     best: dict[str, Any] | None = None
     for child in children:
-        state = _tags(child).get("raylight.state")
+        state = _tags(child).get(TAG_STATE)
         if state == "stopped_early":
             counts["stoppedEarly"] += 1
         elif state in ("succeeded", "failed"):
@@ -144,13 +145,13 @@ def read_progress(resource: Resource, tracking_uri: str) -> dict[str, Any]:
         improves = best is None or _better(value or 0.0, best["metric"], spec.objective.mode)
         if value is not None and math.isfinite(value) and improves:
             best = {
-                "id": _tags(child).get("raylight.trial_id", child["info"]["run_id"]),
+                "id": _tags(child).get(TAG_TRIAL_ID, child["info"]["run_id"]),
                 "metric": value,
                 "config": _sampled_config(_params(child)),
             }
     # A finished sweep names its best trial; that is the answer (it may have peaked before its last epoch).
-    final_id, final_metric = _tags(run).get("raylight.best_trial_id"), _metrics(run).get(f"best_{metric}")
-    chosen = next((c for c in children if _tags(c).get("raylight.trial_id") == final_id), None)
+    final_id, final_metric = _tags(run).get(TAG_BEST_TRIAL_ID), _metrics(run).get(f"best_{metric}")
+    chosen = next((c for c in children if _tags(c).get(TAG_TRIAL_ID) == final_id), None)
     if chosen is not None and final_metric is not None:
         best = {"id": final_id, "metric": final_metric, "config": _sampled_config(_params(chosen))}
     counts["pending"] = max(0, sweep.num_samples - len(children))

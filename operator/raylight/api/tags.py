@@ -1,0 +1,14 @@
+"""MLflow tag names: the trainer writes them, the operator reads progress back by them."""
+
+TAG_KIND = "raylight.kind"
+TAG_NAME = "raylight.name"
+TAG_NAMESPACE = "raylight.namespace"
+TAG_TRIAL_ID = "raylight.trial_id"
+TAG_STATE = "raylight.state"
+TAG_STOPPED_EARLY = "raylight.stopped_early"
+TAG_BEST_TRIAL_ID = "raylight.best_trial_id"
+# The resource's metadata.uid on a cluster: the operator finds exactly this resource's runs by it
+# (a deleted and re-created resource of the same name gets new runs).
+TAG_UID = "raylight.uid"
+# MLflow's own tag for a child run's parent.
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"
