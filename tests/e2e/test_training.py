@@ -58,8 +58,8 @@ def test_two_worker_job_is_tracked_and_its_model_predicts(tmp_path: Path, mlflow
     labels = torch.tensor([data.val[i][1] for i in range(len(data.val))])  # type: ignore[arg-type]
     with torch.no_grad():
         accuracy = (model(images).argmax(1) == labels).float().mean().item()
-    # DDP's sampler pads the validation split to a multiple of the world size: one image at most.
-    assert accuracy == pytest.approx(best, abs=2.0 / len(labels))
+    # Each worker validates a disjoint share, unpadded: the reported accuracy is the split's.
+    assert accuracy == pytest.approx(best, abs=1e-6)
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder", "synthetic"])

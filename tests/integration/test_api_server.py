@@ -59,6 +59,14 @@ INVALID = [
     ("dataset path", _with("spec/trial/data", {"dataset": "cifar10"}), ["spec.trial.data", "data.path"]),
     ("objective", _with("spec/objective", {"metric": "val_loss", "mode": "max"}), ["spec.objective", "set mode"]),
     ("quantity", _with("spec/cluster", {"head": {"cpu": "two"}}), ["spec.cluster.head.cpu", "should match"]),
+    ("preset of another architecture",
+     _with("spec/trial/model", {"architecture": "efficientnet", "preset": "vit-nano"}),
+     ["spec.trial.model", "preset does not fit architecture"]),
+    ("vit field on efficientnet", _with("spec/trial/model", {"architecture": "efficientnet", "depth": 3}),
+     ["spec.trial.model", "are ViT fields"]),
+    ("early stopping under asha", _with("spec/trial/callbacks", {"earlyStopping": {"patience": 2}}),
+     ["spec", "ASHA already stops"]),
+    ("f1 minimised", _with("spec/objective", {"metric": "val_f1", "mode": "min"}), ["spec.objective", "set mode"]),
 ]
 
 

@@ -150,3 +150,47 @@ def test_run_refuses_an_invalid_manifest_before_starting_anything(tmp_path: Path
     file.write_text(yaml.safe_dump(sweep(numSamples=-1)))
     assert main(["run", str(file)]) == 2
     assert not (tmp_path / "raylight_results").exists()
+
+
+def test_val_f1_and_auroc_are_maximised() -> None:
+    assert isinstance(parse_resource(sweep(objective={"metric": "val_f1", "mode": "max"})), TuneSweep)
+    assert isinstance(parse_resource(sweep(objective={"metric": "val_auroc", "mode": "max"})), TuneSweep)
+    errors = errors_of(sweep(objective={"metric": "val_auroc", "mode": "min"}))
+    assert errors[0][0] == "spec.objective" and "set mode to max" in errors[0][1]
+
+
+@pytest.mark.parametrize(("model", "needle"), [
+    ({"architecture": "efficientnet", "preset": "vit-nano"}, "use one of efficientnet-b0, efficientnet-cifar"),
+    ({"architecture": "efficientnet", "depth": 3}, "depth does not apply to architecture efficientnet"),
+    ({"architecture": "efficientnet", "fusedMlp": True}, "fusedMlp does not apply"),
+    ({"preset": "vit-nano", "widthMultiplier": 2.0}, "widthMultiplier does not apply to architecture vit"),
+])
+def test_fields_of_the_other_architecture_are_errors(model: dict, needle: str) -> None:
+    errors = errors_of(sweep(trial={"model": model}))
+    assert errors[0][0] == "spec.trial.model"
+    assert needle in errors[0][1]
+
+
+def test_efficientnet_is_searchable_by_its_own_fields() -> None:
+    doc = sweep(trial={"model": {"architecture": "efficientnet"}},
+                searchSpace={"model.widthMultiplier": {"choice": [0.25, 0.5]}})
+    assert isinstance(parse_resource(doc), TuneSweep)
+    errors = errors_of(sweep(trial={"model": {"architecture": "efficientnet"}},
+                             searchSpace={"model.depth": {"choice": [2, 3]}}))
+    assert errors[0][0] == "spec.searchSpace.model.depth"
+    assert "does not apply to architecture efficientnet" in errors[0][1]
+
+
+def test_early_stopping_is_not_for_asha_sweeps() -> None:
+    doc = sweep(trial={"callbacks": {"earlyStopping": {"patience": 2}}})
+    errors = errors_of(doc)
+    assert errors[0][0] == "spec"
+    assert "trial.callbacks.earlyStopping" in errors[0][1] and "scheduler fifo" in errors[0][1]
+    assert isinstance(parse_resource(sweep(trial={"callbacks": {"earlyStopping": {"patience": 2}}},
+                                           scheduler={"fifo": {}})), TuneSweep)
+
+
+def test_wandb_needs_a_project() -> None:
+    doc = sweep(tracking={"wandb": {"mode": "offline"}})
+    errors = errors_of(doc)
+    assert errors[0][0] == "spec.tracking.wandb.project"

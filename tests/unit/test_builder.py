@@ -142,3 +142,30 @@ def test_every_example_builds() -> None:
         for resource in load_manifests(file):
             resource = parse_resource(with_identity(resource.model_dump(by_alias=True, exclude_none=True)))
             assert build_rayjob(resource, SETTINGS)["kind"] == "RayJob"
+
+
+def test_defaults_are_not_part_of_a_run_identity() -> None:
+    """What the API server stores carries every default; a release that adds a defaulted field
+    must find the same run (or it would re-run finished ones and block running ones)."""
+    resource = example("quickstart.yaml")
+    doc = resource.model_dump(mode="json", by_alias=True)  # every default written out, as stored
+    assert doc["spec"]["trial"]["callbacks"]["lrMonitor"]["interval"] == "epoch"
+    stored = parse_resource(doc)
+    assert run_hash(stored) == run_hash(resource)
+    del doc["spec"]["trial"]["callbacks"]  # as an object written before that field existed
+    assert run_hash(parse_resource(doc)) == run_hash(resource)
+
+
+def test_wandb_credentials_reach_every_pod_from_their_secret() -> None:
+    resource = example("cifar-sweep-gpu.yaml")
+    doc = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["tracking"] = {"wandb": {"project": "cifar", "mode": "online", "secretRef": {"name": "wandb-key"}}}
+    rayjob = build_rayjob(parse_resource(doc), SETTINGS)
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
+        assert template["spec"]["containers"][0]["envFrom"] == [
+            {"secretRef": {"name": "mlflow-credentials"}}, {"secretRef": {"name": "wandb-key"}}]
+    doc["spec"]["tracking"]["wandb"]["secretRef"] = {"name": "mlflow-credentials"}  # one Secret for both
+    rayjob = build_rayjob(parse_resource(doc), SETTINGS)
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]

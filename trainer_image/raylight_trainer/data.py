@@ -34,6 +34,9 @@ class ImageData:
     num_classes: int
     in_chans: int
     class_names: list[str]
+    # The normalisation applied to every image: pictures undo it, baselines start from it.
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
 
 
 class TensorImages(Dataset):
@@ -99,6 +102,8 @@ def load_digits(spec: DataSpec, image_size: int) -> ImageData:
         num_classes=10,
         in_chans=1,
         class_names=[str(d) for d in range(10)],
+        mean=mean,
+        std=std,
     )
 
 
@@ -167,6 +172,8 @@ def load_cifar(spec: DataSpec, image_size: int, data_dir: Path | None) -> ImageD
         num_classes=num_classes,
         in_chans=3,
         class_names=names,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
     )
 
 
@@ -205,7 +212,8 @@ def load_imagefolder(spec: DataSpec, image_size: int, data_dir: Path | None) -> 
         ) from exc
     if len(classes) < 2:
         raise DatasetError(f"imagefolder {root} has {len(classes)} class folder(s); at least 2 are needed")
-    return ImageData(train=train_set, val=val_set, num_classes=len(classes), in_chans=3, class_names=classes)
+    return ImageData(train=train_set, val=val_set, num_classes=len(classes), in_chans=3, class_names=classes,
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def load_synthetic(spec: DataSpec, image_size: int) -> ImageData:
@@ -223,6 +231,8 @@ def load_synthetic(spec: DataSpec, image_size: int) -> ImageData:
         num_classes=spec.synthetic_classes,
         in_chans=3,
         class_names=[f"class{i}" for i in range(spec.synthetic_classes)],
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
     )
 
 

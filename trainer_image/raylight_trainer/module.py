@@ -1,4 +1,4 @@
-"""Lightning module: ViT classification with label smoothing, AdamW groups, warmup + cosine."""
+"""Lightning module: image classification with label smoothing, AdamW groups, warmup + cosine."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
-from .model import VisionTransformer, ViTConfig
+from .model import ModelConfig, create_model
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -40,14 +42,22 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class ImageClassifier(pl.LightningModule):
-    def __init__(self, model: dict[str, Any], training: dict[str, Any]) -> None:
-        """model: ViTConfig fields; training: the TrainingSpec (snake_case)."""
+    def __init__(self, model: dict[str, Any], training: dict[str, Any], architecture: str = "vit") -> None:
+        """model: the architecture's config fields; training: the TrainingSpec (snake_case)."""
         super().__init__()
         self.save_hyperparameters()
-        self.config = ViTConfig(**model)
-        self.net = VisionTransformer(self.config)
+        self.net = create_model(architecture, model)
+        self.config: ModelConfig = self.net.cfg  # type: ignore[assignment]
         self.training_spec = training
-        self.val_acc = MulticlassAccuracy(num_classes=self.config.num_classes, average="micro")
+        classes = self.config.num_classes
+        # torchmetrics keeps counts (and, for AUROC, every score) per rank and gathers them
+        # across DDP ranks at epoch end: the values are over the whole validation split.
+        self.val_metrics = MetricCollection({
+            "val_acc": MulticlassAccuracy(num_classes=classes, average="micro"),
+            "val_f1": MulticlassF1Score(num_classes=classes, average="macro"),
+            "val_auroc": MulticlassAUROC(num_classes=classes, average="macro"),
+        })
+        self.val_loss = MeanMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -59,13 +69,20 @@ class ImageClassifier(pl.LightningModule):
         self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=False, on_epoch=True)  # type: ignore[union-attr]
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        # Without synchronised BatchNorm (CPU workers), each rank's running statistics drift
+        # apart; evaluate every rank with rank 0's, the ones its checkpoint holds.
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in self.net.buffers():
+                dist.broadcast(buffer, src=0)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self(images)
-        self.log("val_loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(labels))
-        # torchmetrics syncs counts across DDP ranks, so accuracy is over the whole split.
-        self.val_acc.update(logits, labels)
-        self.log("val_acc", self.val_acc, batch_size=len(labels))
+        logits = self(images).float()
+        self.val_loss.update(F.cross_entropy(logits, labels), weight=len(labels))
+        self.val_metrics.update(logits, labels)
+        self.log("val_loss", self.val_loss, batch_size=len(labels))
+        self.log_dict(self.val_metrics, batch_size=len(labels))
 
     def on_validation_epoch_end(self) -> None:
         # Completed epochs: ASHA's time axis (Ray's own "epoch" counts from 0).

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from raylight.api import TrainingJob
 
+from .attributions import attribute_on_cluster
 from .resources import check_fits
 from .tracking import (
     TAG_STATE,
@@ -29,8 +30,9 @@ from .tracking import (
     log_yaml,
     metric_history,
     resource_tags,
+    wandb_settings,
 )
-from .train import build_trainer, input_shape, load_checkpoint_model
+from .train import REPORTED_METRICS, build_trainer, input_shape, load_checkpoint_model, trial_part
 
 
 @dataclass
@@ -58,6 +60,7 @@ class JobResult:
     model_uri: str | None
     error: str | None
     wall_seconds: float
+    attributions_uri: str | None = None
 
 
 STATE_FILE = "raylight-state.json"
@@ -68,7 +71,8 @@ _PLACEMENT_FIELDS = {"cluster", "suspend"}
 
 
 def spec_hash(spec: BaseModel) -> str:
-    trained = spec.model_dump(mode="json", exclude=_PLACEMENT_FIELDS)
+    # Defaults left out: a release that adds a field must not restart interrupted runs.
+    trained = spec.model_dump(mode="json", exclude=_PLACEMENT_FIELDS, exclude_defaults=True)
     return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -144,31 +148,36 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     else:
         run_id = saved["run_id"]
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    resolved = spec.model_dump(mode="json", by_alias=True)
+    resolved["model"]["resolved"] = dict(spec.model.resolved())
     if created:
-        resolved = spec.model_dump(mode="json", by_alias=True)
-        resolved["model"]["resolved"] = dict(spec.model.resolved())
         log_params(client, run_id, flatten(resolved))
         log_yaml(client, run_id, job.model_dump(mode="json", by_alias=True, exclude_none=True), "trainingjob.yaml")
     metric, mode = spec.objective.metric, spec.objective.mode
     trainer = build_trainer(
         spec, spec.objective, name="train", storage_path=run_dir,
         tracking_uri=settings.tracking_uri, run_id=run_id, data_dir=settings.data_dir,
+        wandb=wandb_settings(spec, run_id, name, run_dir / "wandb", None, flatten(resolved)),
     )
     error: str | None = None
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; report the root cause
         error = _root_cause(exc)
-    history = {key: metric_history(client, run_id, key) for key in ("val_acc", "val_loss", "train_loss")}
+    history = {key: metric_history(client, run_id, key) for key in REPORTED_METRICS if key != "lr"}
     epochs = len(history.get(metric, []))
     values = [v for _, v in history.get(metric, []) if math.isfinite(v)]
     best_value = (max(values) if mode == "max" else min(values)) if values else None
-    model_uri = None
+    model_uri = attributions_uri = None
     if error is None:
         model = best_checkpoint_model(run_dir / "train", metric, mode)
         if model is not None:
             model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
-                                      spec.mlflow.registered_model_name)
+                                  spec.mlflow.registered_model_name)
+            if spec.interpretability.enabled:
+                artifact = attribute_on_cluster(model, trial_part(spec), settings.data_dir, settings.tracking_uri,
+                                                run_id)
+                attributions_uri = f"runs:/{run_id}/{artifact}" if artifact else None
         if best_value is not None:
             client.log_metric(run_id, f"best_{metric}", best_value)
     state = "failed" if error else "succeeded"
@@ -182,6 +191,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
         name=name, namespace=namespace, tracking_uri=settings.tracking_uri, experiment_id=experiment_id,
         experiment_name=experiment_name, run_id=run_id, state=state, epochs=epochs, metric=best_value,
         metrics=last, model_uri=model_uri, error=error, wall_seconds=time.monotonic() - started,
+        attributions_uri=attributions_uri,
     )
 
 

@@ -17,6 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raylight.api import Distribution, TrialSpec, TuneSweep, apply_overrides
 
+from .attributions import attribute_on_cluster
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
 from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash
 from .tracking import (
@@ -33,6 +34,7 @@ from .tracking import (
     log_params,
     log_yaml,
     resource_tags,
+    wandb_settings,
 )
 from .train import build_trainer, input_shape
 
@@ -61,6 +63,7 @@ class TrialContext:
     parent_run_id: str
     storage_path: str
     data_dir: str | None
+    wandb: dict[str, Any] | None = None  # W&B settings shared by every trial (id, name, config are per trial)
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -77,11 +80,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tags={TAG_TRIAL_ID: trial_id, TAG_KIND: "Trial", TAG_NAME: context.sweep_name},
         parent_run_id=context.parent_run_id,
     )
+    resolved = spec.model_dump(mode="json", by_alias=True)
+    resolved["model"]["resolved"] = dict(spec.model.resolved())
     if created:
-        resolved = spec.model_dump(mode="json", by_alias=True)
-        resolved["model"]["resolved"] = {
-            k: v for k, v in spec.model.resolved().items()
-        }
         log_params(client, run_id, {**flatten(resolved), **{f"sampled.{k}": v for k, v in config.items()}})
         log_yaml(client, run_id, {"spec": spec.wire(), "sampled": config}, "trial-spec.yaml")
     trainer = build_trainer(
@@ -93,6 +94,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         run_id=run_id,
         data_dir=context.data_dir,
         callbacks=[TuneReportCallback()],
+        wandb={**context.wandb, "run_id": run_id, "name": f"{context.sweep_name}-{trial_id}",
+               "config": {**flatten(resolved), **config}} if context.wandb else None,
     )
     trainer.fit()
 
@@ -119,6 +122,7 @@ class SweepResult:
     trials: list[TrialOutcome] = field(default_factory=list)
     best: TrialOutcome | None = None
     model_uri: str | None = None
+    attributions_uri: str | None = None  # the best trial's integrated-gradients picture
     resumed: bool = False
     max_concurrent_trials: int = 0
     wall_seconds: float = 0.0
@@ -184,6 +188,7 @@ def run_sweep(
         parent_run_id=parent_run_id,
         storage_path=str(experiment_dir / "trials"),
         data_dir=settings.data_dir,
+        wandb=wandb_settings(spec, "", "", experiment_dir / "wandb", name, {}),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES)
     metric, mode = spec.objective.metric, spec.objective.mode
@@ -237,6 +242,7 @@ def run_sweep(
         if model is not None:
             result.model_uri = log_model(settings.tracking_uri, parent_run_id, model, input_shape(model),
                                          spec.mlflow.registered_model_name)
+        _attribute_trials(result, spec, experiment_dir, settings, metric, mode)
     counts = result.counts()
     for key, value in counts.items():
         client.log_metric(parent_run_id, f"trials_{key}", value)
@@ -245,6 +251,28 @@ def run_sweep(
     save_state(experiment_dir, finished=True)
     result.wall_seconds = time.monotonic() - started
     return result
+
+
+def _attribute_trials(result: SweepResult, spec: Any, experiment_dir: Path, settings: RunSettings,
+                      metric: str, mode: str) -> None:
+    """Integrated-gradients pictures: the best trial's, and every finished trial's if asked."""
+    wanted = spec.trial.interpretability
+    if not wanted.enabled or result.best is None:
+        return
+    chosen = [result.best]
+    if wanted.all_trials:
+        chosen += [t for t in result.trials
+                   if t is not result.best and t.state in ("succeeded", "stopped_early")]
+    for trial in chosen:
+        if not trial.run_id:
+            continue
+        model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{trial.trial_id}", metric, mode)
+        if model is None:
+            continue
+        trial_spec = TrialSpec.model_validate(apply_overrides(spec.trial.wire(), trial.config))
+        artifact = attribute_on_cluster(model, trial_spec, settings.data_dir, settings.tracking_uri, trial.run_id)
+        if artifact and trial is result.best:
+            result.attributions_uri = f"runs:/{trial.run_id}/{artifact}"
 
 
 def _outcomes(experiment_dir: Path, max_t: int, metric: str, mode: str) -> list[TrialOutcome]:

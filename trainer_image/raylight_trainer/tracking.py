@@ -36,6 +36,7 @@ def resource_tags(kind: str, name: str, namespace: str, uid: str | None) -> dict
 # MLflow caps a param value at 6000 characters and a batch at 100 params.
 _PARAM_LIMIT = 6000
 _PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
 
 
 def local_store_uri(directory: Path) -> str:
@@ -119,24 +120,39 @@ class MlflowEpochLogger(pl.Callback):
     Metrics are queued with MLflow's asynchronous logging; the queue is flushed at the end.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, metric_names: tuple[str, ...]) -> None:
+    def __init__(self, tracking_uri: str, run_id: str, metric_names: tuple[str, ...],
+                 lr_interval: str = "epoch") -> None:
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
         self.metric_names = metric_names
+        self.lr_interval = lr_interval
+        self.step_lrs: list[Metric] = []
         self.pending: list[Any] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.lr_interval != "step" or trainer.global_rank != 0:
+            return
+        # After the step: the rate the next step will use, keyed by the steps taken so far.
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        self.step_lrs.append(Metric("lr", float(lr), int(time.time() * 1000), trainer.global_step))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank != 0 or trainer.sanity_checking:
             return
         epoch = trainer.current_epoch + 1
         now = int(time.time() * 1000)
+        per_epoch = [name for name in self.metric_names if not (name == "lr" and self.lr_interval == "step")]
         metrics = [
             Metric(name, float(value), now, epoch)
             for name, value in trainer.callback_metrics.items()
-            if name in self.metric_names
+            if name in per_epoch
         ]
         metrics.append(Metric("epoch", float(epoch), now, epoch))
-        self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+        metrics, self.step_lrs = metrics + self.step_lrs, []
+        for start in range(0, len(metrics), _METRICS_PER_BATCH):
+            chunk = metrics[start : start + _METRICS_PER_BATCH]
+            self.pending.append(self.client.log_batch(self.run_id, metrics=chunk, synchronous=False))
 
     def flush(self) -> None:
         for operation in self.pending:
@@ -148,6 +164,63 @@ class MlflowEpochLogger(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.flush()
+
+
+class WandbEpochLogger(pl.Callback):
+    """Weights & Biases as a second tracker, from rank 0: the resolved config and each epoch's metrics.
+
+    The W&B run id is the MLflow run id, so a resumed run continues the same W&B run."""
+
+    def __init__(self, project: str, run_id: str, name: str, directory: str, mode: str = "offline",
+                 entity: str | None = None, group: str | None = None, config: dict[str, Any] | None = None,
+                 metric_names: tuple[str, ...] = ()) -> None:
+        self.init_args: dict[str, Any] = {
+            "project": project, "entity": entity, "id": run_id, "name": name, "group": group, "mode": mode,
+            "dir": directory, "config": config or {}, "resume": "allow",
+        }
+        self.metric_names = metric_names
+        self.run: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        import wandb
+
+        Path(self.init_args["dir"]).mkdir(parents=True, exist_ok=True)
+        try:
+            self.run = wandb.init(**self.init_args, settings=wandb.Settings(console="off", silent=True))
+        except Exception as exc:  # MLflow is the record: a W&B problem must not stop training
+            log.warning("W&B is off for this run: %s", exc)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run is None or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        values = {name: float(value) for name, value in trainer.callback_metrics.items() if name in self.metric_names}
+        try:
+            self.run.log({**values, "epoch": epoch}, step=epoch)
+        except Exception as exc:
+            log.warning("W&B logging failed: %s", exc)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1)
+            self.run = None
+
+
+def wandb_settings(spec: Any, run_id: str, name: str, directory: Path, group: str | None,
+                   config: dict[str, Any]) -> dict[str, Any] | None:
+    """WandbEpochLogger's arguments for a spec's tracking.wandb (None when W&B is off)."""
+    wandb = spec.tracking.wandb
+    if wandb is None:
+        return None
+    return {"project": wandb.project, "entity": wandb.entity, "mode": wandb.mode, "run_id": run_id, "name": name,
+            "group": group, "directory": str(directory), "config": config}
 
 
 def metric_history(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:

@@ -13,16 +13,16 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 from ray.train.torch import TorchTrainer
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from raylight.api import ObjectiveSpec, TrialSpec
 
 from .data import load_data
-from .model import ViTConfig
+from .model import ModelConfig, config_from_spec
 from .module import ImageClassifier
-from .tracking import MlflowEpochLogger
+from .tracking import MlflowEpochLogger, WandbEpochLogger
 
-REPORTED_METRICS = ("train_loss", "val_loss", "val_acc", "lr")
+REPORTED_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "val_auroc", "lr")
 CHECKPOINT_FILE = RayTrainReportCallback.CHECKPOINT_NAME
 
 
@@ -35,6 +35,7 @@ class WorkerConfig:
     data_dir: str | None = None
     tracking_uri: str | None = None
     run_id: str | None = None
+    wandb: dict[str, Any] | None = None  # WandbEpochLogger's settings, when W&B is on
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,8 +47,30 @@ def resolve_precision(requested: str, use_gpu: bool) -> str:
     return "32-true"
 
 
-def build_model_config(spec: TrialSpec, num_classes: int, in_chans: int) -> ViTConfig:
-    return ViTConfig.from_spec(spec.model, num_classes=num_classes, in_chans=in_chans)
+class ShardSampler(Sampler[int]):
+    """Every rank a disjoint, ordered share of the validation set, without the padding that
+    DistributedSampler adds (a padded sample would be counted twice in F1 and AUROC)."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Any:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_callbacks(spec: TrialSpec, objective: ObjectiveSpec) -> list[pl.Callback]:
+    """The spec's Lightning callbacks (checkpoints are Ray Train's: top-k by the objective)."""
+    callbacks: list[pl.Callback] = []
+    stopping = spec.callbacks.early_stopping
+    if stopping is not None:
+        callbacks.append(pl.callbacks.EarlyStopping(
+            monitor=objective.metric, mode=objective.mode, patience=stopping.patience,
+            min_delta=stopping.min_delta, check_on_train_epoch_end=False, verbose=False,
+        ))
+    return callbacks
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -60,9 +83,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     pl.seed_everything(spec.training.seed, workers=True, verbose=False)
 
-    model_cfg = ViTConfig.from_spec(spec.model, num_classes=1)
-    data = load_data(spec.data, model_cfg.image_size, worker.data_dir)
-    model_cfg = build_model_config(spec, data.num_classes, data.in_chans)
+    image_size = int(spec.model.resolved()["image_size"])
+    data = load_data(spec.data, image_size, worker.data_dir)
+    model_cfg: ModelConfig = config_from_spec(spec.model, data.num_classes, data.in_chans)
     per_worker_batch = max(1, spec.training.batch_size // world_size)
     loader_args: dict[str, Any] = {
         "batch_size": per_worker_batch,
@@ -70,21 +93,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "persistent_workers": spec.data.loader_workers > 0,
         "pin_memory": use_gpu,
     }
-    train_loader = DataLoader(
-        data.train,
-        shuffle=True,
-        drop_last=len(data.train) > per_worker_batch * world_size,  # type: ignore[arg-type]
-        generator=torch.Generator().manual_seed(spec.training.seed),
-        **loader_args,
-    )
-    val_loader = DataLoader(data.val, shuffle=False, **loader_args)
-    module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump())
+    drop_last = len(data.train) > per_worker_batch * world_size  # type: ignore[arg-type]
+    # Samplers are ours, not Lightning's (use_distributed_sampler=False): shuffled shards for
+    # training, unpadded ones for validation.
+    train_sampler: DistributedSampler = DistributedSampler(data.train, num_replicas=world_size, rank=rank, shuffle=True,
+                                       seed=spec.training.seed)
+    train_loader = DataLoader(data.train, sampler=train_sampler, drop_last=drop_last, **loader_args)
+    val_sampler = ShardSampler(len(data.val), rank, world_size)  # type: ignore[arg-type]
+    val_loader = DataLoader(data.val, sampler=val_sampler, **loader_args)
+    module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump(),
+                             architecture=spec.model.architecture)
 
-    callbacks: list[pl.Callback] = []
+    callbacks = build_callbacks(spec, ObjectiveSpec.model_validate(worker.objective))
     logger_cb: MlflowEpochLogger | None = None
     if rank == 0 and worker.tracking_uri and worker.run_id:
-        logger_cb = MlflowEpochLogger(worker.tracking_uri, worker.run_id, REPORTED_METRICS)
+        logger_cb = MlflowEpochLogger(worker.tracking_uri, worker.run_id, REPORTED_METRICS,
+                                      lr_interval=spec.callbacks.lr_monitor.interval)
         callbacks.append(logger_cb)  # before the report: an epoch is logged even if the trial is stopped there
+    if rank == 0 and worker.wandb:
+        callbacks.append(WandbEpochLogger(**worker.wandb, metric_names=REPORTED_METRICS))
     callbacks.append(RayTrainReportCallback())
     trainer = pl.Trainer(
         max_epochs=spec.training.max_epochs,
@@ -99,6 +126,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,  # Ray Train keeps the checkpoints (RayTrainReportCallback)
         logger=False,
+        use_distributed_sampler=False,
+        # BatchNorm statistics over the global batch; torch synchronises them on GPUs only.
+        sync_batchnorm=use_gpu and world_size > 1,
         num_sanity_val_steps=0,
         deterministic=False,
     )
@@ -114,6 +144,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger_cb.flush()
 
 
+def trial_part(spec: TrialSpec) -> TrialSpec:
+    """A TrainingJobSpec carries objective, trackers and cluster too: workers get the trial part only."""
+    return TrialSpec.model_validate(spec.model_dump(include=set(TrialSpec.model_fields)))
+
+
 def build_trainer(
     spec: TrialSpec,
     objective: ObjectiveSpec,
@@ -124,16 +159,17 @@ def build_trainer(
     run_id: str | None,
     data_dir: str | None,
     callbacks: list[Any] | None = None,
+    wandb: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one run; its storage (checkpoints) lives at storage_path/name."""
-    # A TrainingJobSpec carries objective and mlflow too: workers get the trial part only.
-    trial = TrialSpec.model_validate(spec.model_dump(include=set(TrialSpec.model_fields)))
+    trial = trial_part(spec)
     worker = WorkerConfig(
         spec=trial.model_dump(mode="json"),
         objective=objective.model_dump(),
         data_dir=data_dir,
         tracking_uri=tracking_uri,
         run_id=run_id,
+        wandb=wandb,
     )
     resources = spec.resources
     per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
@@ -162,7 +198,7 @@ def build_trainer(
 
 
 def load_checkpoint_model(checkpoint_dir: str | Path) -> torch.nn.Module:
-    """The ViT inside a Lightning checkpoint written by RayTrainReportCallback."""
+    """The network inside a Lightning checkpoint written by RayTrainReportCallback."""
     path = Path(checkpoint_dir)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
@@ -171,6 +207,6 @@ def load_checkpoint_model(checkpoint_dir: str | Path) -> torch.nn.Module:
 
 
 def input_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) that a trained ViT takes."""
-    cfg: ViTConfig = model.cfg  # type: ignore[assignment]
+    """(C, H, W) that a trained model takes."""
+    cfg: ModelConfig = model.cfg  # type: ignore[assignment]
     return (cfg.in_chans, cfg.image_size, cfg.image_size)

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from .base import SpecModel, server_rules
 from .cluster import ClusterSpec
-from .trial import MlflowSpec, ObjectiveSpec, TrialSpec
+from .trial import MlflowSpec, ObjectiveSpec, TrackingSpec, TrialSpec
 
 # A search space is checked by validating the trial with every choice combination;
 # past this many combinations only each value on its own is checked.
@@ -96,10 +96,18 @@ class SchedulerSpec(SpecModel):
 class TuneSweepSpec(SpecModel):
     """A hyperparameter search: trials drawn from searchSpace, scheduled by ASHA."""
 
-    model_config = server_rules((
-        "!has(self.maxConcurrentTrials) || self.maxConcurrentTrials <= self.numSamples",
-        "maxConcurrentTrials must not exceed numSamples",
-    ))
+    model_config = server_rules(
+        (
+            "!has(self.maxConcurrentTrials) || self.maxConcurrentTrials <= self.numSamples",
+            "maxConcurrentTrials must not exceed numSamples",
+        ),
+        (
+            "!has(self.scheduler) || !has(self.scheduler.asha) || !has(self.trial) || !has(self.trial.callbacks)"
+            " || !has(self.trial.callbacks.earlyStopping)",
+            "trial.callbacks.earlyStopping: ASHA already stops weak trials early; remove earlyStopping or use "
+            "scheduler fifo",
+        ),
+    )
 
     trial: TrialSpec = Field(default_factory=TrialSpec)
     """The TrainingJob spec every trial starts from."""
@@ -113,6 +121,8 @@ class TuneSweepSpec(SpecModel):
     Kubernetes (default: 1) the worker group is sized to run this many at once."""
     scheduler: SchedulerSpec = Field(default_factory=lambda: SchedulerSpec(asha=AshaSpec()))
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Extra trackers; each trial is its own W&B run, grouped by the sweep's name."""
     search_seed: int | None = Field(default=0, ge=0)
     """Seed of the random search (unset: a different draw each run)."""
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
@@ -124,6 +134,11 @@ class TuneSweepSpec(SpecModel):
         if self.max_concurrent_trials is not None and self.max_concurrent_trials > self.num_samples:
             raise ValueError(
                 f"maxConcurrentTrials {self.max_concurrent_trials} exceeds numSamples {self.num_samples}"
+            )
+        if self.scheduler.asha is not None and self.trial.callbacks.early_stopping is not None:
+            raise ValueError(
+                "trial.callbacks.earlyStopping: ASHA already stops weak trials early; remove earlyStopping "
+                "or use scheduler fifo"
             )
         return self
 

@@ -10,7 +10,7 @@ from .base import SpecModel, server_rules
 from .cluster import ClusterSpec, SecretRef
 
 # Presets are plain data so that the operator can validate them without importing torch.
-# The trainer builds its model config from this table (raylight_trainer.model.vit).
+# The trainer builds its model configs from these tables (raylight_trainer.model).
 VIT_PRESETS: dict[str, dict[str, int | float]] = {
     # Test and quickstart size: trains on 2 CPU cores in seconds per epoch.
     "vit-nano": {"image_size": 16, "patch_size": 4, "dim": 64, "depth": 4, "heads": 4, "mlp_ratio": 2.0},
@@ -21,48 +21,114 @@ VIT_PRESETS: dict[str, dict[str, int | float]] = {
     "vit-small": {"image_size": 224, "patch_size": 16, "dim": 384, "depth": 12, "heads": 6, "mlp_ratio": 4.0},
     "vit-base": {"image_size": 224, "patch_size": 16, "dim": 768, "depth": 12, "heads": 12, "mlp_ratio": 4.0},
 }
+EFFICIENTNET_PRESETS: dict[str, dict[str, int | float]] = {
+    # EfficientNet-B0 (Tan & Le, 2019): 224 px, total stride 32.
+    "efficientnet-b0": {"image_size": 224, "width_multiplier": 1.0, "depth_multiplier": 1.0, "stem_stride": 2},
+    # For 32 px images: a stride-1 stem keeps a 2x2 map at the end, half the width and depth.
+    "efficientnet-cifar": {"image_size": 32, "width_multiplier": 0.5, "depth_multiplier": 0.5, "stem_stride": 1},
+}
+DEFAULT_PRESET = {"vit": "vit-nano", "efficientnet": "efficientnet-cifar"}
 
-Preset = Literal["vit-nano", "vit-cifar", "vit-tiny", "vit-small", "vit-base"]
+Architecture = Literal["vit", "efficientnet"]
+Preset = Literal["vit-nano", "vit-cifar", "vit-tiny", "vit-small", "vit-base", "efficientnet-b0", "efficientnet-cifar"]
 Dataset = Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"]
 # The metrics the trainer reports every epoch; an objective must be one of them.
-Metric = Literal["val_acc", "val_loss", "train_loss"]
+Metric = Literal["val_acc", "val_f1", "val_auroc", "val_loss", "train_loss"]
+# Fields that size only one architecture; setting one for the other is an error.
+_VIT_ONLY = ("patch_size", "dim", "depth", "heads", "mlp_ratio")
+_EFFICIENTNET_ONLY = ("width_multiplier", "depth_multiplier")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 class ModelSpec(SpecModel):
     """The network to train. Unset sizes come from the preset."""
 
-    architecture: Literal["vit"] = "vit"
-    """Model family. Only `vit` (Vision Transformer) for now."""
-    preset: Preset = "vit-nano"
-    """Named size; each field below overrides one of its values."""
+    model_config = server_rules(
+        (
+            "!has(self.preset) || self.preset.startsWith(self.architecture + '-')",
+            "preset does not fit architecture: vit-* presets go with vit, efficientnet-* with efficientnet",
+        ),
+        (
+            "self.architecture == 'vit' || (!has(self.patchSize) && !has(self.dim) && !has(self.depth)"
+            " && !has(self.heads) && !has(self.mlpRatio) && !(has(self.fusedMlp) && self.fusedMlp))",
+            "patchSize, dim, depth, heads, mlpRatio and fusedMlp are ViT fields: remove them for efficientnet",
+        ),
+        (
+            "self.architecture == 'efficientnet' || (!has(self.widthMultiplier) && !has(self.depthMultiplier))",
+            "widthMultiplier and depthMultiplier are EfficientNet fields: remove them for vit",
+        ),
+    )
+
+    architecture: Architecture = "vit"
+    """Model family: `vit` (Vision Transformer) or `efficientnet` (MBConv blocks with squeeze-and-excitation)."""
+    preset: Preset | None = None
+    """Named size; each field below overrides one of its values (default: vit-nano, or efficientnet-cifar).
+    vit-* presets go with architecture vit, efficientnet-* with efficientnet."""
     image_size: int | None = Field(default=None, ge=8, le=1024)
-    """Input side in pixels; images are resized to it. Must be a multiple of patchSize."""
+    """Input side in pixels; images are resized to it. For a ViT, a multiple of patchSize."""
     patch_size: int | None = Field(default=None, ge=1, le=64)
-    """Side of the square patches that become tokens."""
+    """ViT: side of the square patches that become tokens."""
     dim: int | None = Field(default=None, ge=8, le=4096)
-    """Token embedding width. Must be a multiple of heads."""
+    """ViT: token embedding width. Must be a multiple of heads."""
     depth: int | None = Field(default=None, ge=1, le=48)
-    """Number of transformer blocks."""
+    """ViT: number of transformer blocks."""
     heads: int | None = Field(default=None, ge=1, le=64)
-    """Attention heads per block."""
+    """ViT: attention heads per block."""
     mlp_ratio: float | None = Field(default=None, gt=0, le=16)
-    """MLP hidden width as a multiple of dim."""
+    """ViT: MLP hidden width as a multiple of dim."""
+    fused_mlp: bool = False
+    """ViT: compute the MLP's bias + GELU as one fused op with its own backward (a Triton kernel on
+    CUDA); saves activation memory and a kernel launch per block."""
+    width_multiplier: float | None = Field(default=None, ge=0.1, le=8)
+    """EfficientNet: channel multiplier of every stage (rounded to multiples of 8)."""
+    depth_multiplier: float | None = Field(default=None, ge=0.1, le=8)
+    """EfficientNet: block-count multiplier of every stage (rounded up)."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    """Dropout after attention projection, in the MLP and on the embeddings."""
+    """ViT: dropout after attention projection, in the MLP and on the embeddings.
+    EfficientNet: dropout before the classifier."""
     drop_path: float = Field(default=0.0, ge=0, lt=1)
     """Stochastic depth rate of the last block (linearly increasing from 0 over blocks)."""
 
+    def preset_name(self) -> str:
+        return self.preset or DEFAULT_PRESET[self.architecture]
+
     def resolved(self) -> dict[str, int | float]:
         """Preset values with the overrides applied (snake_case keys)."""
-        sizes = dict(VIT_PRESETS[self.preset])
+        presets = VIT_PRESETS if self.architecture == "vit" else EFFICIENTNET_PRESETS
+        sizes = dict(presets[self.preset_name()])
         for key in sizes:
-            value = getattr(self, key)
+            value = getattr(self, key, None)
             if value is not None:
                 sizes[key] = value
-        return {**sizes, "dropout": self.dropout, "drop_path": self.drop_path}
+        extra: dict[str, int | float] = {"dropout": self.dropout, "drop_path": self.drop_path}
+        if self.architecture == "vit":
+            extra["fused_mlp"] = self.fused_mlp
+        return {**sizes, **extra}
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelSpec:
+        presets = VIT_PRESETS if self.architecture == "vit" else EFFICIENTNET_PRESETS
+        if self.preset_name() not in presets:
+            raise ValueError(
+                f"preset {self.preset} does not fit architecture {self.architecture}: "
+                f"use one of {', '.join(presets)}"
+            )
+        foreign = _EFFICIENTNET_ONLY if self.architecture == "vit" else (*_VIT_ONLY, "fused_mlp")
+        misplaced = [_camel(name) for name in foreign if getattr(self, name) not in (None, False)]
+        if misplaced:
+            sized_by = "patchSize, dim, depth, heads, mlpRatio" if self.architecture == "vit" \
+                else "widthMultiplier, depthMultiplier"
+            verb = "does" if len(misplaced) == 1 else "do"
+            raise ValueError(
+                f"{', '.join(misplaced)} {verb} not apply to architecture {self.architecture}: "
+                f"remove it; {self.architecture} is sized by imageSize, {sized_by}"
+            )
+        if self.architecture != "vit":
+            return self
         sizes = self.resolved()
         if int(sizes["image_size"]) % int(sizes["patch_size"]):
             raise ValueError(
@@ -171,7 +237,49 @@ class FaultToleranceSpec(SpecModel):
     max_failures: int = Field(default=2, ge=0, le=100)
     """Times a run restarts from its last checkpoint after a worker failure."""
     checkpoints_to_keep: int = Field(default=2, ge=1, le=100)
-    """Checkpoints kept per run (the best by the objective are kept)."""
+    """Checkpoints kept per run: the top k by the objective (the best one becomes the logged model)."""
+
+
+class EarlyStoppingSpec(SpecModel):
+    """Stop a run once the objective has not improved for `patience` epochs (Lightning EarlyStopping)."""
+
+    patience: int = Field(default=3, ge=1, le=10_000)
+    """Epochs without improvement before training stops."""
+    min_delta: float = Field(default=0.0, ge=0)
+    """Smallest change of the objective that counts as an improvement."""
+
+
+class LrMonitorSpec(SpecModel):
+    """The learning-rate curve in the tracker (metric `lr`)."""
+
+    interval: Literal["epoch", "step"] = "epoch"
+    """One point per epoch, or one per optimiser step (shows the warmup in detail)."""
+
+
+class CallbacksSpec(SpecModel):
+    """Training callbacks. The top-k checkpoints by the objective are faultTolerance.checkpointsToKeep."""
+
+    early_stopping: EarlyStoppingSpec | None = None
+    """Stop when the objective stalls (unset: train maxEpochs). Not in an ASHA sweep: ASHA decides there."""
+    lr_monitor: LrMonitorSpec = Field(default_factory=LrMonitorSpec)
+
+
+class InterpretabilitySpec(SpecModel):
+    """Integrated-gradients pictures (Captum) of validation images, logged to the MLflow run as a PNG."""
+
+    enabled: bool = True
+    """Make the picture after training (for a sweep: for the best trial)."""
+    all_trials: bool = False
+    """In a sweep, also for every other trial that finished (each to its own child run)."""
+    samples_per_class: int = Field(default=2, ge=1, le=16)
+    """Validation images per class (the first ones of the split)."""
+    max_classes: int = Field(default=10, ge=1, le=100)
+    """Classes shown (the first ones), so that a 100-class dataset still gives a readable picture."""
+    steps: int = Field(default=32, ge=2, le=1024)
+    """Integration steps (Riemann trapezoid) between baseline and image."""
+    baseline: Literal["zeros", "black", "blur"] = "zeros"
+    """Reference input: zeros (the dataset's mean colour after normalisation), black pixels, or a
+    blurred copy of the image."""
 
 
 class MlflowSpec(SpecModel):
@@ -188,6 +296,26 @@ class MlflowSpec(SpecModel):
     (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN). Never put them in the spec."""
 
 
+class WandbSpec(SpecModel):
+    """Weights & Biases as a second tracker (MLflow stays the record the status and models come from)."""
+
+    project: str = Field(min_length=1, max_length=128)
+    """W&B project."""
+    entity: str | None = Field(default=None, min_length=1, max_length=128)
+    """W&B team or user (default: the API key's)."""
+    mode: Literal["online", "offline"] = "offline"
+    """offline writes runs under the run's storage path (sync them later with `wandb sync`);
+    online needs WANDB_API_KEY from secretRef."""
+    secret_ref: SecretRef | None = None
+    """Secret whose keys become environment variables of the run's pods (WANDB_API_KEY)."""
+
+
+class TrackingSpec(SpecModel):
+    """Extra experiment trackers besides MLflow."""
+
+    wandb: WandbSpec | None = None
+
+
 class TrialSpec(SpecModel):
     """One training run: model, data, optimisation and resources."""
 
@@ -196,6 +324,8 @@ class TrialSpec(SpecModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     fault_tolerance: FaultToleranceSpec = Field(default_factory=FaultToleranceSpec)
+    callbacks: CallbacksSpec = Field(default_factory=CallbacksSpec)
+    interpretability: InterpretabilitySpec = Field(default_factory=InterpretabilitySpec)
 
 
 class TrainingJobSpec(TrialSpec):
@@ -204,6 +334,7 @@ class TrainingJobSpec(TrialSpec):
     objective: ObjectiveSpec = Field(default_factory=lambda: ObjectiveSpec())
     """The metric that picks the best checkpoint."""
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     suspend: bool = False
     """On a cluster: true stops the run and frees its pods and GPUs; false resumes it from its checkpoints."""
@@ -213,18 +344,19 @@ class ObjectiveSpec(SpecModel):
     """The metric to optimise."""
 
     model_config = server_rules((
-        "self.metric.endsWith('acc') == (self.mode == 'max')",
-        "accuracy metrics are maximised and losses minimised: set mode to match the metric",
+        "self.metric.endsWith('loss') == (self.mode == 'min')",
+        "losses are minimised and accuracy, F1 and AUROC maximised: set mode to match the metric",
     ))
 
     metric: Metric = "val_acc"
-    """One of the metrics the trainer reports each epoch."""
+    """One of the metrics the trainer reports each epoch: val_acc, val_f1 (macro F1), val_auroc
+    (one-vs-rest, macro), val_loss, train_loss. Validation metrics cover the whole validation set."""
     mode: Literal["max", "min"] = "max"
     """Whether larger (max) or smaller (min) is better."""
 
     @model_validator(mode="after")
     def _check_direction(self) -> ObjectiveSpec:
-        natural = "max" if self.metric.endswith("acc") else "min"
+        natural = "min" if self.metric.endswith("loss") else "max"
         if self.mode != natural:
             raise ValueError(f"metric {self.metric} is better when it is {natural}imised: set mode to {natural}")
         return self

@@ -118,6 +118,7 @@ def _run_sweep(sweep: TuneSweep, settings: Any, options: LocalOptions, console: 
             "parentRunId": result.parent_run_id,
             "bestRunId": best.run_id if best else None,
             "modelUri": result.model_uri,
+            "attributionsUri": result.attributions_uri,
         },
     }
     summary["succeeded"] = result.counts()["failed"] < result.counts()["total"]
@@ -163,6 +164,7 @@ def _run_job(job: TrainingJob, settings: Any, options: LocalOptions, console: Co
             "experimentId": result.experiment_id,
             "runId": result.run_id,
             "modelUri": result.model_uri,
+            "attributionsUri": result.attributions_uri,
         },
         "succeeded": result.state == "succeeded",
     }
@@ -198,6 +200,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                             f"id {mlflow['experimentId']})")
     if mlflow.get("modelUri"):
         table.add_row("model", mlflow["modelUri"])
+    if mlflow.get("attributionsUri"):
+        table.add_row("attributions", f"{mlflow['attributionsUri']} (integrated gradients)")
     table.add_row("open it", f"mlflow ui --backend-store-uri {mlflow['trackingUri']}"
                   if _is_local_store(mlflow["trackingUri"]) else f"open {mlflow['trackingUri']}")
     table.add_row("took", f"{summary['wallSeconds']} s")

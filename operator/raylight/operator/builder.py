@@ -72,8 +72,11 @@ def rayjob_name(kind: str, name: str) -> str:
 
 
 def run_hash(resource: Resource) -> str:
-    """Identity of a run: the spec without `suspend` (suspending and resuming is the same run)."""
-    spec = resource.spec.model_dump(mode="json", exclude={"suspend"})
+    """Identity of a run: the spec without `suspend` (suspending and resuming is the same run).
+
+    Fields left at their defaults are not part of it, so an operator upgrade that adds a field
+    neither re-runs finished runs nor blocks running ones."""
+    spec = resource.spec.model_dump(mode="json", exclude={"suspend"}, exclude_defaults=True)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -184,7 +187,9 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     tracking_uri(resource, settings)  # fail before building anything when there is none
     shape = worker_shape(resource)
 
-    env_from = [{"secretRef": {"name": spec.mlflow.secret_ref.name}}] if spec.mlflow.secret_ref else []
+    secrets = [spec.mlflow.secret_ref, spec.tracking.wandb.secret_ref if spec.tracking.wandb else None]
+    names = list(dict.fromkeys(ref.name for ref in secrets if ref is not None))  # once each, in order
+    env_from = [{"secretRef": {"name": name}} for name in names]
     user_mounts = [m.wire() for m in cluster.volume_mounts]
 
     def container(role: str, resources: dict[str, str], mounts: list[dict[str, Any]]) -> dict[str, Any]:

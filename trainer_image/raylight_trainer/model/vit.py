@@ -14,6 +14,8 @@ from torch import nn
 
 from raylight.api import VIT_PRESETS, ModelSpec
 
+from .fused import bias_gelu
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -27,6 +29,7 @@ class ViTConfig:
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     drop_path: float = 0.0
+    fused_mlp: bool = False
 
     @property
     def num_patches(self) -> int:
@@ -49,6 +52,7 @@ class ViTConfig:
             mlp_ratio=float(sizes["mlp_ratio"]),
             dropout=float(sizes["dropout"]),
             drop_path=float(sizes["drop_path"]),
+            fused_mlp=bool(sizes.get("fused_mlp", False)),
             num_classes=num_classes,
             in_chans=in_chans,
         )
@@ -87,14 +91,18 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, fused: bool = False) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        # Same parameters either way, so checkpoints move freely between the two paths.
+        fused = self.fused
+        hidden = bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias) if fused else F.gelu(self.fc1(x))
+        return self.drop(self.fc2(self.drop(hidden)))
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -114,7 +122,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
         self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout, cfg.fused_mlp)
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
