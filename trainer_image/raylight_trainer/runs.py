@@ -157,7 +157,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     trainer = build_trainer(
         spec, spec.objective, name="train", storage_path=run_dir,
         tracking_uri=settings.tracking_uri, run_id=run_id, data_dir=settings.data_dir,
-        wandb=wandb_settings(spec, run_id, name, run_dir / "wandb", None, flatten(resolved)),
+        wandb=with_run(wandb_settings(spec, run_dir / "wandb"), run_id, name, flatten(resolved)),
     )
     error: str | None = None
     try:
@@ -193,6 +193,11 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
         metrics=last, model_uri=model_uri, error=error, wall_seconds=time.monotonic() - started,
         attributions_uri=attributions_uri,
     )
+
+
+def with_run(wandb: dict[str, Any] | None, run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """W&B settings for one run: its id is the MLflow run's, so a resumed run continues it."""
+    return {**wandb, "run_id": run_id, "name": name, "config": config} if wandb else None
 
 
 def _node_resources() -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from raylight.api import Distribution, TrialSpec, TuneSweep, apply_overrides
 
 from .attributions import attribute_on_cluster
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
-from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash
+from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash, with_run
 from .tracking import (
     TAG_BEST_TRIAL_ID,
     TAG_KIND,
@@ -94,8 +94,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         run_id=run_id,
         data_dir=context.data_dir,
         callbacks=[TuneReportCallback()],
-        wandb={**context.wandb, "run_id": run_id, "name": f"{context.sweep_name}-{trial_id}",
-               "config": {**flatten(resolved), **config}} if context.wandb else None,
+        wandb=with_run(context.wandb, run_id, f"{context.sweep_name}-{trial_id}", {**flatten(resolved), **config}),
     )
     trainer.fit()
 
@@ -188,7 +187,7 @@ def run_sweep(
         parent_run_id=parent_run_id,
         storage_path=str(experiment_dir / "trials"),
         data_dir=settings.data_dir,
-        wandb=wandb_settings(spec, "", "", experiment_dir / "wandb", name, {}),
+        wandb=wandb_settings(spec, experiment_dir / "wandb", group=name),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES)
     metric, mode = spec.objective.metric, spec.objective.mode
@@ -242,7 +241,7 @@ def run_sweep(
         if model is not None:
             result.model_uri = log_model(settings.tracking_uri, parent_run_id, model, input_shape(model),
                                          spec.mlflow.registered_model_name)
-        _attribute_trials(result, spec, experiment_dir, settings, metric, mode)
+            _attribute_trials(result, model, spec, experiment_dir, settings, metric, mode)
     counts = result.counts()
     for key, value in counts.items():
         client.log_metric(parent_run_id, f"trials_{key}", value)
@@ -253,8 +252,8 @@ def run_sweep(
     return result
 
 
-def _attribute_trials(result: SweepResult, spec: Any, experiment_dir: Path, settings: RunSettings,
-                      metric: str, mode: str) -> None:
+def _attribute_trials(result: SweepResult, best_model: Any, spec: Any, experiment_dir: Path,
+                      settings: RunSettings, metric: str, mode: str) -> None:
     """Integrated-gradients pictures: the best trial's, and every finished trial's if asked."""
     wanted = spec.trial.interpretability
     if not wanted.enabled or result.best is None:
@@ -264,10 +263,9 @@ def _attribute_trials(result: SweepResult, spec: Any, experiment_dir: Path, sett
         chosen += [t for t in result.trials
                    if t is not result.best and t.state in ("succeeded", "stopped_early")]
     for trial in chosen:
-        if not trial.run_id:
-            continue
-        model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{trial.trial_id}", metric, mode)
-        if model is None:
+        model = best_model if trial is result.best else \
+            best_checkpoint_model(experiment_dir / "trials" / f"trial-{trial.trial_id}", metric, mode)
+        if model is None or not trial.run_id:
             continue
         trial_spec = TrialSpec.model_validate(apply_overrides(spec.trial.wire(), trial.config))
         artifact = attribute_on_cluster(model, trial_spec, settings.data_dir, settings.tracking_uri, trial.run_id)

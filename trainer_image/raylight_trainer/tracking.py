@@ -213,14 +213,14 @@ class WandbEpochLogger(pl.Callback):
             self.run = None
 
 
-def wandb_settings(spec: Any, run_id: str, name: str, directory: Path, group: str | None,
-                   config: dict[str, Any]) -> dict[str, Any] | None:
-    """WandbEpochLogger's arguments for a spec's tracking.wandb (None when W&B is off)."""
+def wandb_settings(spec: Any, directory: Path, group: str | None = None) -> dict[str, Any] | None:
+    """The WandbEpochLogger arguments that a spec's tracking.wandb sets (None when W&B is off);
+    each run adds its own run_id, name and config."""
     wandb = spec.tracking.wandb
     if wandb is None:
         return None
-    return {"project": wandb.project, "entity": wandb.entity, "mode": wandb.mode, "run_id": run_id, "name": name,
-            "group": group, "directory": str(directory), "config": config}
+    return {"project": wandb.project, "entity": wandb.entity, "mode": wandb.mode, "group": group,
+            "directory": str(directory)}
 
 
 def metric_history(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:

@@ -96,8 +96,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     drop_last = len(data.train) > per_worker_batch * world_size  # type: ignore[arg-type]
     # Samplers are ours, not Lightning's (use_distributed_sampler=False): shuffled shards for
     # training, unpadded ones for validation.
-    train_sampler: DistributedSampler = DistributedSampler(data.train, num_replicas=world_size, rank=rank, shuffle=True,
-                                       seed=spec.training.seed)
+    train_sampler: DistributedSampler = DistributedSampler(
+        data.train, num_replicas=world_size, rank=rank, shuffle=True, seed=spec.training.seed)
     train_loader = DataLoader(data.train, sampler=train_sampler, drop_last=drop_last, **loader_args)
     val_sampler = ShardSampler(len(data.val), rank, world_size)  # type: ignore[arg-type]
     val_loader = DataLoader(data.val, sampler=val_sampler, **loader_args)

@@ -277,9 +277,9 @@ class InterpretabilitySpec(SpecModel):
     """Classes shown (the first ones), so that a 100-class dataset still gives a readable picture."""
     steps: int = Field(default=32, ge=2, le=1024)
     """Integration steps (Riemann trapezoid) between baseline and image."""
-    baseline: Literal["zeros", "black", "blur"] = "zeros"
-    """Reference input: zeros (the dataset's mean colour after normalisation), black pixels, or a
-    blurred copy of the image."""
+    baseline: Literal["black", "zeros", "blur"] = "black"
+    """Reference input: black pixels (the original paper's), zeros (the dataset's mean colour after
+    normalisation), or a blurred copy of the image."""
 
 
 class MlflowSpec(SpecModel):

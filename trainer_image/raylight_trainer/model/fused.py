@@ -11,7 +11,6 @@ GELU is the exact (erf) form, as `torch.nn.functional.gelu`'s default.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -23,8 +22,6 @@ try:  # Triton ships with CUDA builds of torch; without it the PyTorch path is u
 except ImportError:  # pragma: no cover - depends on the torch build
     triton = None
 
-_SQRT1_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 BLOCK = 1024
 
 if triton is not None:
@@ -70,11 +67,8 @@ def _launch(kernel: Any, *tensors: torch.Tensor, n_cols: int) -> None:
 
 
 def _gelu_grad(grad: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    """d gelu(pre) / d pre * grad, computed in float32 (or float64) whatever the input dtype."""
-    compute = pre.float() if pre.dtype in (torch.float16, torch.bfloat16) else pre
-    cdf = 0.5 * (1.0 + torch.erf(compute * _SQRT1_2))
-    pdf = torch.exp(-0.5 * compute * compute) * _INV_SQRT_2PI
-    return (grad.to(compute.dtype) * (cdf + compute * pdf)).to(grad.dtype)
+    """d gelu(pre) / d pre * grad: PyTorch's own fused kernel (exact erf form), any dtype."""
+    return torch.ops.aten.gelu_backward(grad, pre)
 
 
 class BiasGelu(torch.autograd.Function):
