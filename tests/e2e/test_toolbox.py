@@ -45,6 +45,7 @@ def test_efficientnet_on_two_workers(tmp_path: Path, mlflow_server: str) -> None
         training={"maxEpochs": 3, "batchSize": 64, "learningRate": 3e-3, "warmupEpochs": 1},
         resources={"workers": 2, "cpusPerWorker": 1},
         objective={"metric": "val_f1", "mode": "max"},
+        faultTolerance={"checkpointsToKeep": 1},
         callbacks={"lrMonitor": {"interval": "step"}},
         tracking={"wandb": {"project": "raylight-e2e", "mode": "offline"}},
     )
@@ -71,6 +72,14 @@ def test_efficientnet_on_two_workers(tmp_path: Path, mlflow_server: str) -> None
     assert multiclass_auroc(logits, labels, 10).item() == pytest.approx(dict(auroc)[best_epoch], abs=1e-4)
     assert multiclass_accuracy(logits, labels, 10, average="micro").item() == pytest.approx(
         dict(acc)[best_epoch], abs=1e-4)
+
+    # The top-k checkpoints by the objective (k = 1): the best epoch's is kept; of the other two
+    # at most the latest (Ray keeps it for resuming).
+    from ray.train import Result
+
+    kept = Result.from_path(str(tmp_path / "results" / "default" / "effnet-two-workers" / "train")).best_checkpoints
+    kept_epochs = sorted(int(metrics["epochs"]) for _, metrics in kept)
+    assert best_epoch in kept_epochs and len(kept_epochs) <= 2 and set(kept_epochs) <= {best_epoch, 3}
 
     # The lr monitor at step interval: warmup over the first epoch, then cosine decay.
     lrs = history(client, result.run_id, "lr")
