@@ -124,6 +124,7 @@ def test_sweep_on_val_f1_explains_its_best_trial(tmp_path: Path, mlflow_server: 
             "objective": {"metric": "val_f1", "mode": "max"},
             "numSamples": 2, "maxConcurrentTrials": 1, "scheduler": {"fifo": {}},
             "mlflow": {"experiment": "e2e-toolbox-sweep"},
+            "tracking": {"wandb": {"project": "raylight-e2e", "mode": "offline"}},
         },
     }
     sweep = parse_resource(doc)
@@ -141,3 +142,6 @@ def test_sweep_on_val_f1_explains_its_best_trial(tmp_path: Path, mlflow_server: 
     other = next(t for t in result.trials if t is not result.best)
     assert other.run_id
     assert ARTIFACT_DIR not in {a.path for a in client.list_artifacts(other.run_id)}
+    # Each trial is its own W&B run, named by its MLflow child run.
+    offline = (tmp_path / "results" / "default" / "f1-sweep" / "wandb").rglob("*.wandb")
+    assert sorted(path.name for path in offline) == sorted(f"run-{t.run_id}.wandb" for t in result.trials)
