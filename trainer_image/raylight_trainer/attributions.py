@@ -19,6 +19,7 @@ from torch import nn
 from raylight.api import InterpretabilitySpec, TrialSpec
 
 from .data import ImageData, load_data
+from .tracking import root_cause
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "attributions"
@@ -152,7 +153,7 @@ def attribute_on_cluster(model: nn.Module, spec: TrialSpec, data_dir: str | None
     try:
         return str(ray.get(task.remote(model.cpu(), spec.wire(), data_dir, tracking_uri, run_id)))
     except Exception as exc:  # Ray wraps the task's error
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        message = root_cause(exc)
         log.warning("integrated gradients failed for run %s: %s", run_id, message)
         MlflowClient(tracking_uri).set_tag(run_id, "raylight.attributions_error", message[:5000])
         return None

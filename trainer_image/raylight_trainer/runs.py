@@ -29,7 +29,9 @@ from .tracking import (
     log_params,
     log_yaml,
     metric_history,
+    resolved_spec,
     resource_tags,
+    root_cause,
     wandb_settings,
 )
 from .train import REPORTED_METRICS, build_trainer, input_shape, load_checkpoint_model, trial_part
@@ -148,8 +150,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     else:
         run_id = saved["run_id"]
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    resolved = spec.model_dump(mode="json", by_alias=True)
-    resolved["model"]["resolved"] = dict(spec.model.resolved())
+    resolved = resolved_spec(spec)
     if created:
         log_params(client, run_id, flatten(resolved))
         log_yaml(client, run_id, job.model_dump(mode="json", by_alias=True, exclude_none=True), "trainingjob.yaml")
@@ -163,7 +164,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; report the root cause
-        error = _root_cause(exc)
+        error = root_cause(exc)
     history = {key: metric_history(client, run_id, key) for key in REPORTED_METRICS if key != "lr"}
     epochs = len(history.get(metric, []))
     values = [v for _, v in history.get(metric, []) if math.isfinite(v)]
@@ -202,12 +203,3 @@ def with_run(wandb: dict[str, Any] | None, run_id: str, name: str, config: dict[
 
 def _node_resources() -> list[dict[str, Any]]:
     return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-
-
-def _root_cause(exc: BaseException) -> str:
-    seen = exc
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
-    text = str(seen).strip() or type(seen).__name__
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else text

@@ -33,6 +33,7 @@ from .tracking import (
     log_model,
     log_params,
     log_yaml,
+    resolved_spec,
     resource_tags,
     wandb_settings,
 )
@@ -80,8 +81,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         tags={TAG_TRIAL_ID: trial_id, TAG_KIND: "Trial", TAG_NAME: context.sweep_name},
         parent_run_id=context.parent_run_id,
     )
-    resolved = spec.model_dump(mode="json", by_alias=True)
-    resolved["model"]["resolved"] = dict(spec.model.resolved())
+    resolved = resolved_spec(spec)
     if created:
         log_params(client, run_id, {**flatten(resolved), **{f"sampled.{k}": v for k, v in config.items()}})
         log_yaml(client, run_id, {"spec": spec.wire(), "sampled": config}, "trial-spec.yaml")

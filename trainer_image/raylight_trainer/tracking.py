@@ -71,6 +71,23 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def resolved_spec(spec: Any) -> dict[str, Any]:
+    """A run's spec as logged (params, W&B config): wire names, with the model's resolved sizes."""
+    resolved: dict[str, Any] = spec.model_dump(mode="json", by_alias=True)
+    resolved["model"]["resolved"] = dict(spec.model.resolved())
+    return resolved
+
+
+def root_cause(exc: BaseException) -> str:
+    """The last line of the innermost cause: what a user needs from a wrapped (Ray) error."""
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip() or type(seen).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     """Log params once; re-logging the same values on a resumed run is a no-op."""
     existing = client.get_run(run_id).data.params

@@ -174,9 +174,6 @@ class EfficientNet(nn.Module):
                 nn.init.uniform_(module.weight, -bound, bound)
                 nn.init.zeros_(module.bias)
 
-    def no_weight_decay(self) -> set[str]:
-        return set()  # norms and biases are left out by the optimiser's grouping already
-
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> feature map (B, num_features, H', W')."""
         x = nn.functional.silu(self.bn1(self.conv_stem(images)))

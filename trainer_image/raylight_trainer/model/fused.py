@@ -19,8 +19,13 @@ import torch.nn.functional as F
 try:  # Triton ships with CUDA builds of torch; without it the PyTorch path is used everywhere.
     import triton
     import triton.language as tl
+    from triton import knobs
+
+    # Read once, as triton.jit does when it defines the kernels below: interpreted kernels take CPU tensors.
+    _INTERPRETED = bool(knobs.runtime.interpret)
 except ImportError:  # pragma: no cover - depends on the torch build
     triton = None
+    _INTERPRETED = False
 
 BLOCK = 1024
 
@@ -54,11 +59,7 @@ def triton_usable(tensor: torch.Tensor) -> bool:
     """Triton runs CUDA tensors, and CPU tensors in its interpreter (TRITON_INTERPRET=1)."""
     if triton is None or tensor.dtype == torch.float64:
         return False
-    if tensor.is_cuda:
-        return True
-    from triton import knobs
-
-    return bool(knobs.runtime.interpret)
+    return tensor.is_cuda or _INTERPRETED
 
 
 def _launch(kernel: Any, *tensors: torch.Tensor, n_cols: int) -> None:
