@@ -35,7 +35,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def sweep(name: str) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples" / "cluster-quickstart.yaml").read_text())
     doc["metadata"] = {"name": name}
     return dict(doc)
 

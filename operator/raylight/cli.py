@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="image of RayJobs whose spec.cluster.image is unset")
     operator.add_argument("--mlflow-tracking-uri", default=env.get("RAYLIGHT_MLFLOW_TRACKING_URI"),
                           help="MLflow tracking URI of resources whose spec.mlflow.trackingUri is unset")
-    operator.add_argument("--metrics-port", type=int, default=int(env.get("RAYLIGHT_METRICS_PORT", "8080")),
+    operator.add_argument("--metrics-port", type=int, default=env.get("RAYLIGHT_METRICS_PORT", "8080"),
                           help="Prometheus /metrics port (0: off)")
-    operator.add_argument("--health-port", type=int, default=int(env.get("RAYLIGHT_HEALTH_PORT", "8081")),
+    operator.add_argument("--health-port", type=int, default=env.get("RAYLIGHT_HEALTH_PORT", "8081"),
                           help="liveness /healthz port (0: off)")
     operator.add_argument("--peering",
                           help="kopf peering name: replicas of one operator take turns (default: standalone)")

@@ -2,91 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from raylight.local.runner import free_port
+from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
+
+__all__ = ["CLUSTER_SCRIPTS", "Cluster", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_SCRIPTS = REPO / "tests" / "cluster"
 # The namespace the real KubeRay operator watches; elsewhere tests drive RayJob status by hand,
 # as KubeRay would, where it cannot get there without a kubelet.
 KUBERAY_NAMESPACE = "kuberay-watched"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.2, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-@dataclass
-class Cluster:
-    directory: Path
-    kubeconfig: Path
-    bin: Path
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input, capture_output=True, text=True, timeout=120,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
-        return result
-
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(self.bin / "helm"), "--kubeconfig", str(self.kubeconfig), *args],
-                                capture_output=True, text=True, timeout=120)
-        if check and result.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr}")
-        return result
-
-    def kubeconfig_for(self, service_account: str, namespace: str, path: Path) -> Path:
-        """A kubeconfig that authenticates as a ServiceAccount (a TokenRequest token), as its pod would."""
-        token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration", "2h").stdout.strip()
-        config = yaml.safe_load(self.kubeconfig.read_text())
-        config["users"] = [{"name": service_account, "user": {"token": token}}]
-        config["contexts"][0]["context"]["user"] = service_account
-        path.write_text(yaml.safe_dump(config))
-        return path
-
-    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
-        if result.returncode != 0:
-            if "NotFound" in result.stderr:
-                return None
-            raise AssertionError(result.stderr)
-        return dict(json.loads(result.stdout))
-
-    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
-        args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
-        return list(json.loads(self.kubectl(*args).stdout)["items"])
-
-    def apply(self, doc: dict[str, Any] | str, namespace: str) -> subprocess.CompletedProcess[str]:
-        text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
-        return self.kubectl("apply", "-n", namespace, "-f", "-", input=text, check=False)
-
-    def patch_status(self, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
-        self.kubectl("patch", kind, name, "-n", namespace, "--subresource", "status", "--type", "merge",
-                     "-p", json.dumps({"status": status}))
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +28,7 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """etcd + kube-apiserver (RBAC on) + kube-controller-manager, built from Go modules once per machine."""
     directory = tmp_path_factory.mktemp("cluster")
     subprocess.run([str(CLUSTER_SCRIPTS / "up"), str(directory)], check=True, timeout=3600)
-    env = dict(line.removeprefix("export ").split("=", 1) for line in (directory / "env").read_text().splitlines())
-    cluster = Cluster(directory, Path(env["KUBECONFIG"]), Path(env["RAYLIGHT_CLUSTER_BIN"]))
+    cluster, _ = cluster_from(directory)
     yield cluster
     subprocess.run([str(CLUSTER_SCRIPTS / "down"), str(directory)], check=False, timeout=120)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.examples import MANIFESTS
+from tests.examples import CLUSTER_MANIFESTS, EXAMPLES, LOCAL_ONLY
 
 from .conftest import REPO, Cluster
 
@@ -18,21 +18,31 @@ QUICKSTART = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
 
 def test_crds_and_every_example_apply(kube_cluster: Cluster, namespace: str) -> None:
     kube_cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    for file in MANIFESTS:
+    # The local-only quickstart is a valid resource too: the operator, not the schema, refuses
+    # its pod-local storage. It goes to a namespace of its own (it shares its name with its twin).
+    local = kube_cluster.kubectl("create", "namespace", f"{namespace}-local")
+    assert local.returncode == 0
+    for file in LOCAL_ONLY:
+        result = kube_cluster.kubectl("apply", "-n", f"{namespace}-local", "-f", str(EXAMPLES / file), check=False)
+        assert result.returncode == 0, f"{file}: {result.stderr}"
+    kube_cluster.kubectl("delete", "namespace", f"{namespace}-local", "--wait=false")
+    listed = [*CLUSTER_MANIFESTS, EXAMPLES / "storage" / "results-pvc.yaml"]
+    for file in listed:
         result = kube_cluster.kubectl("apply", "-n", namespace, "-f", str(file), check=False)
         assert result.returncode == 0, f"{file.name}: {result.stderr}"
     # The kustomization (what Argo CD and Flux apply) holds the same objects: nothing changes.
     result = kube_cluster.kubectl("apply", "-n", namespace, "-k", str(REPO / "examples"))
-    assert result.stdout.count("unchanged") == len(MANIFESTS), result.stdout
+    assert result.stdout.count("unchanged") == len(listed), result.stdout
     names = kube_cluster.kubectl("get", "raylight", "-n", namespace, "-o", "name").stdout.split()
     assert "tunesweep.raylight.dev/vit-digits-asha" in names and "trainingjob.raylight.dev/vit-digits" in names
     # Server-side defaults come from the models: the stored spec is the whole spec.
     stored = kube_cluster.get("ts", "vit-digits-asha", namespace)
     assert stored is not None
     assert stored["spec"]["trial"]["training"]["gradClip"] == 1.0
-    assert stored["spec"]["cluster"]["head"] == {"cpu": "2", "memory": "8Gi"}
+    assert stored["spec"]["cluster"]["head"] == {"cpu": "500m", "memory": "3Gi"}
+    assert stored["spec"]["cluster"]["ttlSecondsAfterFinished"] == 0
     # Applying the same manifest again changes nothing.
-    again = kube_cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "quickstart.yaml"))
+    again = kube_cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "cluster-quickstart.yaml"))
     assert "unchanged" in again.stdout
 
 

@@ -103,7 +103,8 @@ def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, operator: Operat
     assert any(m.startswith("Pending -> Running") for m in messages)
     assert any(m.startswith("Running -> Succeeded") for m in messages)
 
-    # KubeRay's TTL deletes the finished RayJob: the sweep keeps its status and is never re-run.
+    # Someone deletes the finished RayJob (KubeRay's TTL removes only its Ray cluster): the sweep
+    # keeps its status and is never re-run.
     kube_cluster.kubectl("delete", "rayjob", "ts-gpu-sweep", "-n", namespace)
     operator.kill()
     operator.start()  # on resume the operator sees the finished sweep again
@@ -250,7 +251,7 @@ def test_operator_imports_neither_torch_nor_ray() -> None:
 def test_operator_never_fights_gitops_over_the_spec(kube_cluster: Cluster, namespace: str,
                                                     operator: OperatorProcess) -> None:
     # Argo CD (and kubectl) apply the manifest; the operator reconciles; the same apply is a no-op.
-    manifest = str(REPO / "examples" / "quickstart.yaml")
+    manifest = str(REPO / "examples" / "cluster-quickstart.yaml")
     kube_cluster.kubectl("apply", "-n", namespace, "--server-side", "--field-manager", "argocd-controller",
                          "-f", manifest)
     wait_for(lambda: status_of(kube_cluster, "ts", "vit-digits-asha", namespace).get("phase"), what="a phase")

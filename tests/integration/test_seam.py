@@ -35,6 +35,9 @@ def tiny_sweep(experiment: str) -> dict[str, Any]:
             "numSamples": 2, "maxConcurrentTrials": 1,
             "scheduler": {"asha": {"gracePeriod": 1, "reductionFactor": 2}},
             "mlflow": {"experiment": experiment},
+            "cluster": {"volumes": [{"name": "results", "persistentVolumeClaim": {"claimName": "results"}}],
+                        "volumeMounts": [{"name": "results", "mountPath": "/results"}],
+                        "storagePath": "/results"},
         },
     }
 

@@ -22,7 +22,7 @@ from raylight.operator.builder import (
     run_hash,
     worker_shape,
 )
-from tests.examples import MANIFESTS
+from tests.examples import CLUSTER_MANIFESTS, LOCAL_ONLY
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
@@ -55,7 +55,7 @@ def example(name: str) -> Any:
     return parse_resource(with_identity(doc))
 
 
-@pytest.mark.parametrize("name", [p.name for p in MANIFESTS])
+@pytest.mark.parametrize("name", [p.name for p in CLUSTER_MANIFESTS])
 def test_golden(name: str) -> None:
     resource = example(name)
     rendered = yaml.dump_all([build_rayjob(resource, SETTINGS), build_configmap(resource, SETTINGS)],
@@ -85,7 +85,7 @@ def test_gpu_sweep_asks_for_gpus_where_they_are() -> None:
 
 
 def test_trainer_gets_the_resource_with_operator_defaults() -> None:
-    resource = example("quickstart.yaml")
+    resource = example("cluster-quickstart.yaml")
     manifest = yaml.safe_load(build_configmap(resource, SETTINGS)["data"]["manifest.yaml"])
     assert manifest["spec"]["mlflow"]["trackingUri"] == "http://mlflow.mlflow:5000"
     assert manifest["metadata"]["uid"] == UID
@@ -113,7 +113,7 @@ def test_names_are_deterministic_and_fit_kuberay() -> None:
 
 
 def test_missing_tracking_uri_names_the_field() -> None:
-    resource = example("quickstart.yaml")
+    resource = example("cluster-quickstart.yaml")
     with pytest.raises(BuildError) as info:
         build_rayjob(resource, OperatorSettings())
     assert info.value.path == "spec.mlflow.trackingUri"
@@ -125,11 +125,11 @@ def test_kueue_owns_suspend_of_a_queued_rayjob() -> None:
     assert "suspend" not in build_rayjob(queued, SETTINGS)["spec"], "Kueue unsuspends it on admission"
     suspended = queued.model_copy(update={"spec": queued.spec.model_copy(update={"suspend": True})})
     assert build_rayjob(suspended, SETTINGS)["spec"]["suspend"] is True
-    assert build_rayjob(example("quickstart.yaml"), SETTINGS)["spec"]["suspend"] is False
+    assert build_rayjob(example("cluster-quickstart.yaml"), SETTINGS)["spec"]["suspend"] is False
 
 
 def test_suspend_is_the_same_run() -> None:
-    resource = example("quickstart.yaml")
+    resource = example("cluster-quickstart.yaml")
     suspended = resource.model_copy(update={"spec": resource.spec.model_copy(update={"suspend": True})})
     assert run_hash(suspended) == run_hash(resource)
     assert build_rayjob(suspended, SETTINGS)["spec"]["suspend"] is True
@@ -137,17 +137,61 @@ def test_suspend_is_the_same_run() -> None:
     assert run_hash(changed) != run_hash(resource)
 
 
-def test_every_example_builds() -> None:
-    for file in MANIFESTS:
+def test_every_cluster_example_builds() -> None:
+    for file in CLUSTER_MANIFESTS:
         for resource in load_manifests(file):
             resource = parse_resource(with_identity(resource.model_dump(by_alias=True, exclude_none=True)))
             assert build_rayjob(resource, SETTINGS)["kind"] == "RayJob"
 
 
+def _with_cluster(cluster: dict[str, Any]) -> Any:
+    doc = yaml.safe_load((REPO / "examples" / "cluster-quickstart.yaml").read_text())
+    doc["spec"]["cluster"] = cluster
+    return parse_resource(with_identity(doc))
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL_ONLY))
+def test_a_local_example_is_refused_on_a_cluster_for_its_storage(name: str) -> None:
+    with pytest.raises(BuildError) as info:
+        build_rayjob(example(name), SETTINGS)
+    assert info.value.path == "spec.cluster.storagePath"
+    assert "ReadWriteMany" in info.value.message and "cluster-quickstart.yaml" in info.value.message
+
+
+PVC = {"name": "results", "persistentVolumeClaim": {"claimName": "shared"}}
+
+
+@pytest.mark.parametrize(("cluster", "expected"), [
+    ({"storagePath": "/tmp/raylight"}, "is not on a volume"),
+    ({"storagePath": "/data/results", "volumes": [PVC], "volumeMounts": [{"name": "results", "mountPath": "/dat"}]},
+     "is not on a volume"),
+    ({"storagePath": "/scratch/ckpt", "volumes": [{"name": "scratch", "emptyDir": {}}],
+      "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}, "'scratch' (emptyDir)"),
+    ({"storagePath": "/results", "volumes": [{"name": "results", "hostPath": {"path": "/mnt"}}],
+      "volumeMounts": [{"name": "results", "mountPath": "/results"}]}, "(hostPath)"),
+    ({"storagePath": "/results", "volumes": [PVC],
+      "volumeMounts": [{"name": "results", "mountPath": "/results", "readOnly": True}]}, "read-only"),
+    ({"storagePath": "results", "volumes": [PVC], "volumeMounts": [{"name": "results", "mountPath": "/results"}]},
+     "absolute path"),
+])
+def test_storage_a_pod_keeps_to_itself_is_refused(cluster: dict[str, Any], expected: str) -> None:
+    with pytest.raises(BuildError) as info:
+        build_rayjob(_with_cluster(cluster), SETTINGS)
+    assert info.value.path == "spec.cluster.storagePath" and expected in info.value.message
+
+
+def test_storage_under_the_innermost_shared_mount_is_accepted() -> None:
+    cluster = {"storagePath": "/mnt/shared/ckpt", "volumes": [{"name": "scratch", "emptyDir": {}}, PVC],
+               "volumeMounts": [{"name": "scratch", "mountPath": "/mnt"},
+                                {"name": "results", "mountPath": "/mnt/shared/"}]}
+    entrypoint = build_rayjob(_with_cluster(cluster), SETTINGS)["spec"]["entrypoint"]
+    assert "--storage-path /mnt/shared/ckpt" in entrypoint
+
+
 def test_defaults_are_not_part_of_a_run_identity() -> None:
     """What the API server stores carries every default; a release that adds a defaulted field
     must find the same run (or it would re-run finished ones and block running ones)."""
-    resource = example("quickstart.yaml")
+    resource = example("cluster-quickstart.yaml")
     doc = resource.model_dump(mode="json", by_alias=True)  # every default written out, as stored
     assert doc["spec"]["trial"]["callbacks"]["lrMonitor"]["interval"] == "epoch"
     stored = parse_resource(doc)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.examples import MANIFESTS
+from tests.examples import CLUSTER_MANIFESTS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LUA = (EXAMPLES / "gitops" / "argocd-health.lua").read_text()
@@ -64,6 +64,6 @@ def test_argocd_manifest_embeds_the_health_check() -> None:
         assert config["data"][f"resource.customizations.health.raylight.dev_{kind}"] == LUA
 
 
-def test_kustomization_lists_every_example() -> None:
+def test_kustomization_lists_every_cluster_example_and_its_storage() -> None:
     listed = yaml.safe_load((EXAMPLES / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == [p.name for p in MANIFESTS]
+    assert sorted(listed) == sorted([p.name for p in CLUSTER_MANIFESTS] + ["storage/results-pvc.yaml"])

@@ -21,9 +21,13 @@ IMAGES = {"operator": REPO / "Dockerfile", "trainer": REPO / "trainer_image" / "
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
+    """(instruction, argument) pairs, with ${ARG} in FROM lines replaced by the ARG's default."""
     text = re.sub(r"\\\n", " ", path.read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+    pairs = [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+    defaults = dict(arg.split("=", 1) for op, arg in pairs if op == "ARG" and "=" in arg)
+    return [(op, re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], arg) if op == "FROM" else arg)
+            for op, arg in pairs]
 
 
 def exec_form(argument: str) -> list[str]:
@@ -78,7 +82,7 @@ def test_trainer_image_provides_what_rayjobs_run() -> None:
     assert f"ray[default,tune,train]=={RAY_VERSION}" in str(PYPROJECT["project"]["optional-dependencies"]["trainer"])
     from tests.unit.test_builder import SETTINGS, example
 
-    entrypoint = shlex.split(build_rayjob(example("quickstart.yaml"), SETTINGS)["spec"]["entrypoint"])
+    entrypoint = shlex.split(build_rayjob(example("cluster-quickstart.yaml"), SETTINGS)["spec"]["entrypoint"])
     assert entrypoint[:3] == ["python", "-m", "raylight_trainer"]
     assert importlib.util.find_spec("raylight_trainer.__main__") is not None
     assert exec_form(next(arg for op, arg in ops if op == "ENTRYPOINT")) == entrypoint[:3]

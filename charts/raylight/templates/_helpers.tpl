@@ -27,6 +27,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{/* The Host headers the bundled MLflow answers (MLflow refuses others as DNS rebinding): its
+Service by every name a pod or port-forward uses, with or without a port, the private address
+ranges MLflow allows by default, and mlflow.server.allowedHosts. */}}
+{{- define "raylight.mlflowAllowedHosts" -}}
+{{- $name := printf "%s-mlflow" (include "raylight.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- $hosts := list -}}
+{{- range list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) "localhost" "127.0.0.1" -}}
+{{- $hosts = append (append $hosts .) (printf "%s:*" .) -}}
+{{- end -}}
+{{- $hosts = concat $hosts (list "10.*" "192.168.*") -}}
+{{- range untilStep 16 32 1 -}}
+{{- $hosts = append $hosts (printf "172.%d.*" .) -}}
+{{- end -}}
+{{- concat $hosts .Values.mlflow.server.allowedHosts | join "," -}}
+{{- end -}}
+
 {{- define "raylight.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: 65532

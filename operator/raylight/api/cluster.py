@@ -104,16 +104,18 @@ class ClusterSpec(SpecModel):
     """Where those volumes appear in the containers."""
     data_dir: str = Field(default="/data", min_length=1, max_length=1024)
     """Directory that relative data.path values are resolved against (mount your dataset volume here)."""
-    storage_path: str = Field(default="/tmp/raylight", min_length=1, max_length=1024)
-    """Where checkpoints and sweep state go: a path on a volume that every pod mounts (ReadWriteMany)
-    keeps them across pods; the default, pod-local, only holds while one node runs the whole run
-    and is lost when it is suspended."""
+    storage_path: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Where checkpoints and sweep state go: a path under the mountPath of a ReadWriteMany volume
+    (a PersistentVolumeClaim, NFS, ...) in volumes/volumeMounts. Required on a cluster: the Ray
+    head and every worker pod read and write it, and it outlives them (suspend, resume, retries)."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the run after this many seconds."""
     backoff_limit: int = Field(default=0, ge=0, le=100)
     """Times KubeRay retries the whole run on a new Ray cluster (resuming from its checkpoints)."""
-    ttl_seconds_after_finished: int = Field(default=600, ge=0)
-    """Seconds the finished RayJob is kept before KubeRay deletes it (its Ray cluster goes at once)."""
+    ttl_seconds_after_finished: int = Field(default=0, ge=0)
+    """Seconds KubeRay keeps the finished run's Ray cluster (its pods, GPUs included) for a look at
+    their logs before it deletes it. The RayJob and its submitter Job (the driver's log) stay until
+    this resource is deleted."""
 
     @model_validator(mode="after")
     def _check_mounts(self) -> ClusterSpec:

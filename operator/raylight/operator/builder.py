@@ -179,12 +179,56 @@ def _quantity(cpus: float) -> str:
     return str(int(cpus)) if cpus == int(cpus) else f"{round(cpus * 1000)}m"
 
 
+# Volume sources that several pods, on several nodes, can mount at once and write to. Anything
+# else (emptyDir, hostPath, a ConfigMap) is each pod's or node's own copy.
+SHARED_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "cephfs", "glusterfs", "azureFile", "csi")
+_STORAGE_HELP = ("mount a ReadWriteMany volume (a PersistentVolumeClaim or NFS, in spec.cluster.volumes "
+                 "and volumeMounts) and set storagePath to a directory on it; see examples/cluster-quickstart.yaml")
+
+
+def shared_storage_path(resource: Resource) -> str:
+    """spec.cluster.storagePath, checked to be on storage every pod of the Ray cluster shares.
+
+    Ray Train writes a marker there from the head and checks it from each worker before their
+    first checkpoint, and the head reads the best checkpoint back: a pod-local path fails the run
+    at its first checkpoint, on the pods, long after the resource was accepted."""
+    cluster = resource.spec.cluster
+    path = cluster.storage_path
+    if path is None:
+        raise BuildError("spec.cluster.storagePath",
+                         f"required on a cluster (checkpoints and sweep state): {_STORAGE_HELP}")
+    if not path.startswith("/"):
+        raise BuildError("spec.cluster.storagePath", f"{path!r} must be an absolute path in the pods; {_STORAGE_HELP}")
+
+    def covers(mount_path: str) -> bool:
+        root = mount_path.rstrip("/") or "/"
+        return path == root or path.startswith(root.rstrip("/") + "/")
+
+    mounts = sorted((m for m in cluster.volume_mounts if covers(m.mount_path)), key=lambda m: len(m.mount_path))
+    if not mounts:
+        raise BuildError("spec.cluster.storagePath",
+                         f"{path} is not on a volume, so each pod of the Ray cluster (the head and every worker) "
+                         f"would keep its own copy and the run fails at its first checkpoint: {_STORAGE_HELP}")
+    mount = mounts[-1]  # the innermost mount holds the path
+    volume = next(v for v in cluster.volumes if v.get("name") == mount.name)
+    source = next((key for key in volume if key != "name"), "no source")
+    if source not in SHARED_VOLUME_SOURCES:
+        raise BuildError("spec.cluster.storagePath",
+                         f"{path} is on volume {mount.name!r} ({source}), which each pod or node has its own copy of: "
+                         f"{_STORAGE_HELP}")
+    if mount.read_only:
+        raise BuildError("spec.cluster.storagePath",
+                         f"{path} is on volume {mount.name!r}, mounted read-only: checkpoints need it writable")
+    return path
+
+
 def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, Any]:
     """The KubeRay RayJob (ray.io/v1) that runs a TrainingJob or TuneSweep."""
     spec, cluster, meta = resource.spec, resource.spec.cluster, resource.metadata
     name = rayjob_name(resource.kind, meta.name)
     image = cluster.image or settings.trainer_image
     tracking_uri(resource, settings)  # fail before building anything when there is none
+    storage_path = shared_storage_path(resource)
     shape = worker_shape(resource)
 
     secrets = [spec.mlflow.secret_ref, spec.tracking.wandb.secret_ref if spec.tracking.wandb else None]
@@ -238,11 +282,22 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
 
     entrypoint = shlex.join([
         "python", "-m", "raylight_trainer", f"{MANIFEST_DIR}/{MANIFEST_FILE}", "--output", "json",
-        "--data-dir", cluster.data_dir, "--storage-path", cluster.storage_path,
+        "--data-dir", cluster.data_dir, "--storage-path", storage_path,
     ])
+    # The submitter pod only runs `ray job submit` and follows the driver's log: KubeRay's default
+    # reserves half a CPU for that, which a small node then lacks for the workers.
+    submitter = {"name": "ray-job-submitter", "image": image,
+                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}
+    if cluster.image_pull_policy:
+        submitter["imagePullPolicy"] = cluster.image_pull_policy
     rayjob_spec: dict[str, Any] = {
         "entrypoint": entrypoint,
         "submissionMode": "K8sJobMode",
+        "submitterPodTemplate": {
+            "metadata": {"labels": {LABEL_KIND: resource.kind, LABEL_NAME: meta.name,
+                                    "raylight.dev/role": "submitter"}},
+            "spec": {"restartPolicy": "Never", "containers": [submitter]},
+        },
         # KubeRay only suspends a RayJob that tears its cluster down when it finishes.
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,

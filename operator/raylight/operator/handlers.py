@@ -126,7 +126,8 @@ def reconcile(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -
     existing = kube.get_rayjob(meta.namespace, name)
     phase = status.get("phase")
     if existing is None and phase in TERMINAL_PHASES and status.get("runHash") == digest:
-        # This run finished and KubeRay's TTL removed its RayJob: never run it again.
+        # This run finished and its RayJob was deleted (by hand: KubeRay's TTL removes only the
+        # Ray cluster): never run it again.
         kube.update_status(kind, meta.namespace, meta.name, lambda current: {"observedGeneration": meta.generation}
                            if current.get("observedGeneration") != meta.generation else {})
         return
@@ -190,7 +191,7 @@ kopf.index(GROUP, VERSION, "tunesweeps", id="tunesweeps")(_owner_index)
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 def rayjob_event(body: kopf.Body, type: str, memo: kopf.Memo, logger: kopf.Logger, **indices: Any) -> None:
     if type == "DELETED":
-        return  # e.g. KubeRay's TTL after the run ended: the owner keeps its final status
+        return  # deleted by hand after the run ended: the owner keeps its final status
     labels = body["metadata"].get("labels") or {}
     kind, name, namespace = labels.get(LABEL_KIND), labels.get(LABEL_NAME), body["metadata"]["namespace"]
     index = indices.get(PLURALS.get(str(kind), ""))  # kopf passes each index by its id

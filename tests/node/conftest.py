@@ -1,0 +1,124 @@
+"""A cluster whose pods run (tests/cluster/up --node), with Raylight installed by its Helm chart.
+
+Marked `node`: `tests/run -m node` runs these alone. The node's images are built from the
+project's Dockerfiles by tests/cluster/images; the chart's MLflow runs the trainer image (it
+holds the same pinned mlflow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+RELEASE, RELEASE_NAMESPACE = "raylight", "raylight-system"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.node)
+
+
+@dataclass
+class Node:
+    cluster: Cluster
+    env: dict[str, str]
+
+    def host_volume(self, name: str, access_mode: str, size: str = "10Gi") -> Path:
+        """A PersistentVolume on a host folder (the node's stand-in for NFS: every pod of this one
+        node shares it), writable by any user, for a PVC with no storage class to bind."""
+        path = self.cluster.directory / "volumes" / name
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": [access_mode], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path)}},
+        }))
+        return path
+
+    def results_volume(self, namespace: str) -> Path:
+        """The examples' shared results PVC (examples/storage/results-pvc.yaml) in namespace."""
+        path = self.host_volume(f"results-{namespace}", "ReadWriteMany", "20Gi")
+        pvc = yaml.safe_load((REPO / "examples" / "storage" / "results-pvc.yaml").read_text())
+        pvc["spec"]["volumeName"] = f"results-{namespace}"  # this PV, not another namespace's
+        pvc["spec"]["storageClassName"] = ""
+        self.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(pvc))
+        return path
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    if os.geteuid() != 0:
+        pytest.skip("the test node needs root: its containerd, bridge, iptables rules and cgroups")
+    directory = tmp_path_factory.mktemp("node")
+    try:
+        subprocess.run([str(CLUSTER_SCRIPTS / "up"), "--node", str(directory)], check=True, timeout=3600)
+        cluster, env = cluster_from(directory)
+        yield Node(cluster, env)
+    finally:
+        subprocess.run([str(CLUSTER_SCRIPTS / "down"), str(directory)], check=False, timeout=300)
+
+
+@dataclass
+class Release:
+    namespace: str
+    mlflow_uri: str  # the bundled MLflow's Service, by its ClusterIP (kube-proxy routes it from the host)
+    mlflow_service_host: str  # the Host header pods send: the Service's DNS name and port
+
+
+@pytest.fixture(scope="session")
+def raylight(node: Node) -> Iterator[Release]:
+    """`helm install` of charts/raylight: the operator and the bundled MLflow, as pods."""
+    cluster, env = node.cluster, node.env
+    node.host_volume("raylight-mlflow", "ReadWriteOnce")
+    operator_image, tag = env["RAYLIGHT_OPERATOR_IMAGE"].rsplit(":", 1)
+    cluster.helm("install", RELEASE, str(REPO / "charts" / "raylight"), "-n", RELEASE_NAMESPACE,
+                 "--create-namespace", "--wait", "--timeout", "5m",
+                 "--set", f"image.repository={operator_image}", "--set", f"image.tag={tag}",
+                 "--set", f"trainerImage={env['RAYLIGHT_TRAINER_IMAGE']}",
+                 "--set", f"mlflow.server.image={env['RAYLIGHT_TRAINER_IMAGE']}",
+                 "--set", "progressIntervalSeconds=5")
+    service = cluster.get("service", "raylight-mlflow", RELEASE_NAMESPACE)
+    assert service is not None
+    port = service["spec"]["ports"][0]["port"]
+    yield Release(RELEASE_NAMESPACE, f"http://{service['spec']['clusterIP']}:{port}",
+                  f"raylight-mlflow.{RELEASE_NAMESPACE}.svc:{port}")
+    cluster.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", check=False)
+
+
+@pytest.fixture
+def namespace(node: Node) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    node.cluster.kubectl("create", "namespace", name)
+    yield name
+    node.cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def mlflow_get(release: Release, path: str, params: dict[str, Any] | None = None,
+               host: str | None = None) -> dict[str, Any]:
+    """A GET on the bundled MLflow's REST API through its Service, with the Host header pods send."""
+    query = "?" + "&".join(f"{k}={v}" for k, v in (params or {}).items()) if params else ""
+    request = urllib.request.Request(f"{release.mlflow_uri}/api/2.0/mlflow/{path}{query}",
+                                     headers={"Host": host or release.mlflow_service_host})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return dict(json.loads(response.read()))
+
+
+def pods_of(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
+    return cluster.list("pods", namespace, selector)
+
+
+__all__ = ["REPO", "Node", "Release", "mlflow_get", "pods_of", "wait_for"]

@@ -1,0 +1,79 @@
+"""A TrainingJob whose two DDP workers are two pods: shared checkpoints, a worker pod lost and
+replaced mid-run, and a deleted resource that takes every pod with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .conftest import Node, Release, mlflow_get, pods_of, wait_for
+
+EPOCHS = 8
+
+
+def ddp_job(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "raylight.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+        "spec": {
+            "model": {"preset": "vit-nano", "depth": 2, "imageSize": 16, "patchSize": 4},
+            "data": {"dataset": "digits"},
+            "training": {"maxEpochs": EPOCHS, "batchSize": 64, "learningRate": 3.0e-3, "seed": 0},
+            "resources": {"workers": 2, "cpusPerWorker": 0.5},
+            "objective": {"metric": "val_acc", "mode": "max"},
+            "faultTolerance": {"maxFailures": 2},
+            "mlflow": {"experiment": f"ddp-{name}"},
+            "cluster": {
+                "head": {"cpu": "500m", "memory": "3Gi"}, "workers": {"memory": "3Gi"},
+                "volumes": [{"name": "results", "persistentVolumeClaim": {"claimName": "raylight-results"}}],
+                "volumeMounts": [{"name": "results", "mountPath": "/results"}],
+                "storagePath": "/results",
+            },
+        },
+    }
+
+
+def test_two_worker_pods_train_with_ddp_and_survive_losing_one(
+    node: Node, raylight: Release, namespace: str
+) -> None:
+    cluster = node.cluster
+    results = node.results_volume(namespace)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ddp_job("ddp")))
+    selector = "raylight.dev/name=ddp,raylight.dev/role=worker"
+
+    def running_workers() -> list[dict[str, Any]]:
+        pods = pods_of(cluster, namespace, selector)
+        return [p for p in pods if p["status"].get("phase") == "Running"]
+
+    workers = wait_for(lambda: len(running_workers()) == 2 and running_workers(), timeout=600,
+                       what="two Running worker pods")
+    assert len({p["metadata"]["name"] for p in workers}) == 2
+
+    def epoch() -> int:
+        job = cluster.get("trainingjob", "ddp", namespace) or {}
+        return int((job.get("status") or {}).get("epoch") or 0)
+
+    wait_for(lambda: epoch() >= 2, timeout=900, interval=2, what="epoch 2 reported in the status")
+    victim = workers[0]["metadata"]["name"]
+    cluster.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+
+    waited = cluster.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=1200s",
+                             "trainingjob/ddp", check=False)
+    job = cluster.get("trainingjob", "ddp", namespace) or {}
+    assert waited.returncode == 0, f"{waited.stderr}\nstatus: {job.get('status')}"
+    status = job["status"]
+    assert status["epoch"] == EPOCHS - 1 or status["epoch"] == EPOCHS
+
+    # Checkpoints of both the first and the resumed attempt are on the shared volume.
+    assert list((results / namespace / "ddp").rglob("checkpoint_*")), "no checkpoint on the shared volume"
+    # One MLflow run whose val_acc history has every epoch once: resumed, not restarted.
+    run_id = status["mlflow"]["runId"]
+    history = mlflow_get(raylight, "metrics/get-history", {"run_id": run_id, "metric_key": "val_acc"})["metrics"]
+    steps = sorted(m["step"] for m in history)
+    assert steps == sorted(set(steps)) and len(steps) == EPOCHS, steps
+
+    # The resource owns everything it caused: deleting it removes every pod.
+    cluster.kubectl("delete", "trainingjob", "ddp", "-n", namespace)
+    wait_for(lambda: not pods_of(cluster, namespace, "raylight.dev/name=ddp"), timeout=180,
+             what="the run's pods to be deleted")
+    assert cluster.list("rayjobs", namespace) == []
