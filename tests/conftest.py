@@ -68,3 +68,9 @@ def ray_local() -> Iterator[None]:
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The node's tests last: its Ray pods are processes on this host, and a local Ray started
+    by another test while they run would see them (and refuse to start a sweep)."""
+    items.sort(key=lambda item: "/tests/node/" in str(item.fspath))

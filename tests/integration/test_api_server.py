@@ -39,7 +39,7 @@ def test_crds_and_every_example_apply(kube_cluster: Cluster, namespace: str) -> 
     stored = kube_cluster.get("ts", "vit-digits-asha", namespace)
     assert stored is not None
     assert stored["spec"]["trial"]["training"]["gradClip"] == 1.0
-    assert stored["spec"]["cluster"]["head"] == {"cpu": "500m", "memory": "3Gi"}
+    assert stored["spec"]["cluster"]["head"] == {"cpu": "500m", "memory": "6Gi"}
     assert stored["spec"]["cluster"]["ttlSecondsAfterFinished"] == 0
     # Applying the same manifest again changes nothing.
     again = kube_cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "cluster-quickstart.yaml"))

@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent == Path(__file__).parent:
             item.add_marker(pytest.mark.node)
+            # The first one also builds the node's images (minutes on a cold machine), then pods train.
+            item.add_marker(pytest.mark.timeout(3600))
 
 
 @dataclass
@@ -117,8 +119,15 @@ def mlflow_get(release: Release, path: str, params: dict[str, Any] | None = None
         return dict(json.loads(response.read()))
 
 
+def mlflow_client(release: Release) -> Any:
+    """An MlflowClient of the bundled server, reached through its Service's ClusterIP."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=release.mlflow_uri)
+
+
 def pods_of(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
     return cluster.list("pods", namespace, selector)
 
 
-__all__ = ["REPO", "Node", "Release", "mlflow_get", "pods_of", "wait_for"]
+__all__ = ["REPO", "Node", "Release", "mlflow_client", "mlflow_get", "pods_of", "wait_for"]
