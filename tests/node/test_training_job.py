@@ -1,5 +1,5 @@
-"""A TrainingJob whose two DDP workers are two pods: shared checkpoints, a worker pod lost and
-replaced mid-run, and a deleted resource that takes every pod with it."""
+"""A TrainingJob whose two DDP workers are two pods: shared checkpoints, a worker pod and the
+operator's pod lost mid-run, suspend and resume, and a deleted resource that takes every pod with it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import yaml
 from .conftest import Node, Release, mlflow_client, pods_of, wait_for
 
 EPOCHS = 8
+OPERATOR_PODS = "app.kubernetes.io/name=raylight,app.kubernetes.io/component!=mlflow"
 
 
 def ddp_job(name: str) -> dict[str, Any]:
@@ -56,6 +57,8 @@ def test_two_worker_pods_train_with_ddp_and_survive_losing_one(
     wait_for(lambda: epoch() >= 2, timeout=900, interval=2, what="epoch 2 reported in the status")
     victim = workers[0]["metadata"]["name"]
     cluster.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+    # The operator's pod goes too, mid-run: its successor finds the run, makes no second RayJob.
+    cluster.kubectl("delete", "pod", "-n", raylight.namespace, "-l", OPERATOR_PODS, "--wait=false")
 
     waited = cluster.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=1200s",
                              "trainingjob/ddp", check=False, timeout=1260)
@@ -63,6 +66,7 @@ def test_two_worker_pods_train_with_ddp_and_survive_losing_one(
     assert waited.returncode == 0, f"{waited.stderr}\nstatus: {job.get('status')}"
     status = job["status"]
     assert status["epoch"] == EPOCHS - 1 or status["epoch"] == EPOCHS
+    assert [r["metadata"]["name"] for r in cluster.list("rayjobs", namespace)] == ["tj-ddp"]
 
     # Checkpoints of both the first and the resumed attempt are on the shared volume.
     assert list((results / namespace / "ddp").rglob("checkpoint_*")), "no checkpoint on the shared volume"
@@ -97,11 +101,10 @@ def test_suspend_frees_the_pods_and_resume_continues_the_run_across_an_operator_
              what="the Ray pods to be deleted while suspended")
 
     # The operator's pod is replaced while the run is suspended: the new one takes over.
-    operator_pods = "app.kubernetes.io/name=raylight,app.kubernetes.io/component!=mlflow"
-    old = {p["metadata"]["name"] for p in pods_of(cluster, raylight.namespace, operator_pods)}
-    cluster.kubectl("delete", "pod", "-n", raylight.namespace, "-l", operator_pods, "--wait=false")
+    old = {p["metadata"]["name"] for p in pods_of(cluster, raylight.namespace, OPERATOR_PODS)}
+    cluster.kubectl("delete", "pod", "-n", raylight.namespace, "-l", OPERATOR_PODS, "--wait=false")
     wait_for(lambda: any(p["metadata"]["name"] not in old and p["status"].get("phase") == "Running"
-                         for p in pods_of(cluster, raylight.namespace, operator_pods)),
+                         for p in pods_of(cluster, raylight.namespace, OPERATOR_PODS)),
              timeout=180, what="a new operator pod")
     cluster.kubectl("patch", "trainingjob", "pause", "-n", namespace, "--type", "merge", "-p",
                     '{"spec": {"suspend": false}}')
