@@ -51,7 +51,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     summaries: list[dict[str, Any]] = []
     for resource in resources:
-        console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on a local Ray instance")
+        # Inside a RayJob (RAY_ADDRESS set by KubeRay) the run joins that cluster: say so.
+        where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") \
+            else "a local Ray instance"
+        console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on {where}")
         try:
             # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
             with contextlib.redirect_stdout(sys.stderr):
