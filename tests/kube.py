@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,16 @@ class Cluster:
     def apply(self, doc: dict[str, Any] | str, namespace: str) -> subprocess.CompletedProcess[str]:
         text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
         return self.kubectl("apply", "-n", namespace, "-f", "-", input=text, check=False)
+
+    @contextmanager
+    def scratch_namespace(self) -> Iterator[str]:
+        """A namespace of its own for one test, deleted (without waiting) when it ends."""
+        name = f"t-{uuid.uuid4().hex[:8]}"
+        self.kubectl("create", "namespace", name)
+        try:
+            yield name
+        finally:
+            self.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
     def patch_status(self, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
         self.kubectl("patch", kind, name, "-n", namespace, "--subresource", "status", "--type", "merge",

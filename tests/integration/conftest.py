@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,10 +50,8 @@ def kuberay(kube_cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture
 def namespace(kube_cluster: Cluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    kube_cluster.kubectl("create", "namespace", name)
-    yield name
-    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with kube_cluster.scratch_namespace() as name:
+        yield name
 
 
 class OperatorProcess:

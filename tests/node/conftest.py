@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +102,8 @@ def raylight(node: Node) -> Iterator[Release]:
 
 @pytest.fixture
 def namespace(node: Node) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    node.cluster.kubectl("create", "namespace", name)
-    yield name
-    node.cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with node.cluster.scratch_namespace() as name:
+        yield name
 
 
 def mlflow_get(release: Release, path: str, params: dict[str, Any] | None = None,
