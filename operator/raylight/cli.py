@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import sys
 from typing import Any
 
@@ -95,14 +94,12 @@ def _operator(args: argparse.Namespace) -> int:
     memo = kopf.Memo(
         settings=OperatorSettings(trainer_image=args.trainer_image, mlflow_tracking_uri=args.mlflow_tracking_uri),
         metrics_port=args.metrics_port,
+        lease=(args.leader_election_namespace, args.leader_election_id) if args.leader_election_id else None,
     )
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    # kopf pauses every peer when two share a priority: identical replicas each draw their own.
-    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
-    kopf.run(
-        clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=args.peering is None,
-        peering_name=args.peering, priority=priority, liveness_endpoint=liveness, memo=memo,
-    )
+    # Every replica watches (its cache stays warm); the Lease decides which one reconciles.
+    kopf.run(clusterwide=not args.namespace, namespaces=args.namespace or (), standalone=True,
+             liveness_endpoint=liveness, memo=memo)
     return 0
 
 
@@ -140,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Prometheus /metrics port (0: off)")
     operator.add_argument("--health-port", type=int, default=env.get("RAYLIGHT_HEALTH_PORT", "8081"),
                           help="liveness /healthz port (0: off)")
-    operator.add_argument("--peering",
-                          help="kopf peering name: replicas of one operator take turns (default: standalone)")
-    operator.add_argument("--priority", type=int,
-                          help="kopf peering priority: the highest live one acts (default: random per process)")
+    operator.add_argument("--leader-election-id", metavar="LEASE",
+                          help="replicas elect one leader through this Lease; only it reconciles (default: none)")
+    operator.add_argument("--leader-election-namespace", default="default",
+                          help="namespace of the leader-election Lease (the operator's own)")
     operator.add_argument("--progress-interval", type=float, default=30.0,
                           help="seconds between reads of a running job's progress from MLflow")
     operator.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else KUBECONFIG)")

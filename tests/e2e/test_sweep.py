@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raylight.api import TuneSweep, parse_resource
+from raylight.api import SweepProgress, TuneSweep, parse_resource
+from raylight.api.tags import TAG_PROGRESS
 from raylight_trainer.runs import RunSettings
 from raylight_trainer.sweep import run_sweep
 from tests.unit.test_data import write_imagefolder
@@ -37,6 +39,40 @@ def as_sweep(doc: dict) -> TuneSweep:
     return resource
 
 
+class ProgressWatcher:
+    """Reads the sweep's parent run from MLflow while the sweep runs, as the operator does."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.client, self.experiment = MlflowClient(tracking_uri), experiment
+        self.seen: list[SweepProgress] = []
+        self.finished_children_midway = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> ProgressWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            found = self.client.get_experiment_by_name(self.experiment)
+            parents = self.client.search_runs([found.experiment_id], "tags.`raylight.kind` = 'TuneSweep'") \
+                if found else []
+            if not parents or parents[0].info.status != "RUNNING" or TAG_PROGRESS not in parents[0].data.tags:
+                continue
+            progress = SweepProgress.model_validate_json(parents[0].data.tags[TAG_PROGRESS])
+            if progress.trials.running + progress.trials.pending > 0:
+                self.seen.append(progress)
+                children = child_runs(self.client, found.experiment_id, parents[0].info.run_id)
+                self.finished_children_midway |= any(
+                    c.info.status == "FINISHED" and c.data.tags.get("raylight.state") == "stopped_early"
+                    for c in children)
+
+
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000)
 
@@ -47,9 +83,17 @@ def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> 
     sweep = as_sweep(sweep_doc("asha", maxConcurrentTrials=6, searchSpace={
         "training.learningRate": {"loguniform": [1e-4, 5e-3]}, "model.dim": {"choice": [32, 64]}},
         mlflow={"experiment": "e2e-asha", "registeredModelName": "vit-asha-best"}))
-    result = run_sweep(sweep, RunSettings(tracking_uri=mlflow_server, storage_path=tmp_path))
+    with ProgressWatcher(mlflow_server, "e2e-asha") as watcher:
+        result = run_sweep(sweep, RunSettings(tracking_uri=mlflow_server, storage_path=tmp_path))
     counts = result.counts()
     assert result.max_concurrent_trials == 2  # lowered from 6 to what fits
+    # While it ran, the parent run told how far it was: a trial stopped early was counted (and
+    # its child run ended) before the sweep ended.
+    midway = [p for p in watcher.seen if p.trials.stopped_early >= 1
+              and p.trials.succeeded + p.trials.stopped_early < 6]
+    assert midway, [p.trials for p in watcher.seen]
+    assert midway[0].best_trial is not None and midway[0].trials.total == 6
+    assert watcher.finished_children_midway, "no child run ended while the sweep ran"
     assert counts["total"] == 6 and counts["failed"] == 0
     assert counts["stopped_early"] >= 2, counts
     assert counts["succeeded"] + counts["stopped_early"] == 6
@@ -63,6 +107,9 @@ def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> 
     assert result.best is not None
     assert parent.data.metrics["best_val_acc"] == pytest.approx(result.best.metric)
     assert parent.data.metrics["trials_stopped_early"] == counts["stopped_early"]
+    final = SweepProgress.model_validate_json(parent.data.tags[TAG_PROGRESS])
+    assert final.trials.stopped_early == counts["stopped_early"] and final.trials.running == 0
+    assert final.best_trial is not None and final.best_trial.id == result.best.trial_id
 
     children = child_runs(client, result.experiment_id, result.parent_run_id)
     assert len(children) == 6

@@ -77,11 +77,13 @@ def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, operator: Operat
     status = status_of(kube_cluster, "ts", "gpu-sweep", namespace)
     assert conditions(status)["Running"] == "True" and status["startTime"] == "2026-11-25T10:00:00Z"
     assert kube_cluster.kubectl("get", "ts", "-n", namespace).stdout.splitlines()[1].split()[1] == "Running"
-    # Status is written only when it changed: the progress timer (every second here) finds no
-    # MLflow run yet and leaves the object alone.
+    # Status is written only when it changed: once MLflow was read (reachable, no run yet), the
+    # progress reads (every second here) and the reconciles they cause leave the object alone.
     def version() -> str:
         return str((kube_cluster.get("ts", "gpu-sweep", namespace) or {})["metadata"]["resourceVersion"])
 
+    wait_for(lambda: "MlflowReachable" in conditions(status_of(kube_cluster, "ts", "gpu-sweep", namespace)),
+             what="the first progress read")
     before = version()
     time.sleep(3)
     assert version() == before, "the operator rewrote an unchanged status"
@@ -95,7 +97,7 @@ def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, operator: Operat
     status = status_of(kube_cluster, "ts", "gpu-sweep", namespace)
     assert status["phase"] == "Succeeded" and status["completionTime"] == "2026-11-25T11:00:00Z"
     assert conditions(status) == {"SpecValid": "True", "Running": "False", "Suspended": "False",
-                                  "Succeeded": "True", "Failed": "False"}
+                                  "Succeeded": "True", "Failed": "False", "MlflowReachable": "True"}
     events = kube_cluster.list("events", namespace)
     messages = [e["message"] for e in events if e["involvedObject"]["name"] == "gpu-sweep"]
     assert "New -> Pending: waiting for the Ray cluster's pods" in messages[0] or any(

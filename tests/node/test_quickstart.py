@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 import urllib.error
 
 import pytest
@@ -16,11 +18,23 @@ def test_cluster_quickstart_trains_in_pods_and_reports_to_the_bundled_mlflow(
     results = node.results_volume(namespace)
     applied = cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "cluster-quickstart.yaml"))
     assert "created" in applied.stdout
-    waited = cluster.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=1500s",
-                             "tunesweep/vit-digits-asha", check=False, timeout=1560)
+    # `kubectl wait` as a user runs it; meanwhile the status is read as `kubectl get ts` would.
+    waiting = subprocess.Popen(
+        [str(cluster.bin / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), "wait", "-n", namespace,
+         "--for=condition=Succeeded", "--timeout=1500s", "tunesweep/vit-digits-asha"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen_running: list[dict] = []
+    while waiting.poll() is None:
+        current = (cluster.get("tunesweep", "vit-digits-asha", namespace) or {}).get("status") or {}
+        if current.get("phase") == "Running" and current.get("trials"):
+            seen_running.append(current["trials"])
+        time.sleep(5)
     sweep = cluster.get("tunesweep", "vit-digits-asha", namespace)
     assert sweep is not None
-    assert waited.returncode == 0, f"{waited.stderr}\nstatus: {sweep.get('status')}"
+    assert waiting.returncode == 0, f"{waiting.stdout.read() if waiting.stdout else ''}\nstatus: {sweep.get('status')}"
+    # While it ran, the status counted the trials ASHA had stopped (not only at the end).
+    midway = [t for t in seen_running if t["stoppedEarly"] >= 1 and t["succeeded"] + t["stoppedEarly"] < 12]
+    assert midway, seen_running[-5:]
 
     status = sweep["status"]
     trials = status["trials"]

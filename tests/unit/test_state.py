@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from raylight.operator.state import observe_rayjob, status_for_rayjob, transition
+from raylight.operator.state import (
+    Observation,
+    Observed,
+    compute_status,
+    diagnose_pods,
+    observe_rayjob,
+    status_patch,
+    transition,
+)
 
 
 def rayjob(deployment: str = "", job: str = "", suspend: bool = False, **status: str) -> dict:
@@ -36,14 +46,21 @@ def test_failure_keeps_kuberays_reason_and_message() -> None:
     assert (observed.reason, observed.message) == ("DeadlineExceeded", "past activeDeadlineSeconds")
 
 
+def seen(rayjob_: dict | None, **fields: Any) -> Observation:
+    return Observation(**{"generation": 1, "rayjob_name": "ts-a", "run_hash": "h1", "rayjob": rayjob_,
+                          "pods": [], **fields})
+
+
 def test_conditions_move_only_when_their_status_flips() -> None:
-    start = status_for_rayjob({}, rayjob("Running", "RUNNING", startTime="2026-01-01T00:00:00Z"), "T1")
+    start = compute_status({}, seen(rayjob("Running", "RUNNING", startTime="2026-01-01T00:00:00Z")), "T1")
     assert start["phase"] == "Running" and start["startTime"] == "2026-01-01T00:00:00Z"
+    assert start["observedGeneration"] == 1 and start["runHash"] == "h1" and start["rayJobName"] == "ts-a"
     running = {c["type"]: c for c in start["conditions"]}
     assert running["Running"]["status"] == "True" and running["Succeeded"]["status"] == "False"
-    current = {**start}
-    assert status_for_rayjob(current, rayjob("Running", "RUNNING"), "T2") == {}, "nothing changed: no write"
-    done = status_for_rayjob(current, rayjob("Complete", "SUCCEEDED", endTime="2026-01-01T01:00:00Z"), "T3")
+    assert running["SpecValid"]["status"] == "True"
+    assert status_patch(start, compute_status(start, seen(rayjob("Running", "RUNNING")), "T2")) == {}, \
+        "nothing changed: no write"
+    done = compute_status(start, seen(rayjob("Complete", "SUCCEEDED", endTime="2026-01-01T01:00:00Z")), "T3")
     conditions = {c["type"]: c for c in done["conditions"]}
     assert conditions["Succeeded"] == {**conditions["Succeeded"], "status": "True", "lastTransitionTime": "T3"}
     assert conditions["Failed"]["lastTransitionTime"] == "T1", "Failed stayed False: its time stays"
@@ -53,5 +70,74 @@ def test_conditions_move_only_when_their_status_flips() -> None:
 
 
 def test_failure_is_a_warning_event() -> None:
-    update = status_for_rayjob({"phase": "Running"}, rayjob("Failed", reason="AppFailed", message="boom"), "T")
+    update = compute_status({"phase": "Running"}, seen(rayjob("Failed", reason="AppFailed", message="boom")), "T")
     assert transition("Running", update) == ("Warning", "Failed", "Running -> Failed: boom")
+
+
+def test_a_new_run_forgets_the_last_runs_results_and_a_patch_clears_them() -> None:
+    finished = compute_status({}, seen(rayjob("Complete", "SUCCEEDED"), progress={
+        "progress": "12/12", "mlflow": {"runId": "r1"}}), "T1")
+    assert finished["progress"] == "12/12"
+    rerun = compute_status(finished, seen(None, run_hash="h2"), "T2")
+    assert rerun["phase"] == "Pending" and rerun["runHash"] == "h2"
+    patch = status_patch(finished, rerun)
+    assert patch["progress"] is None and patch["mlflow"] is None and patch["completionTime"] is None
+
+
+def test_a_spec_change_during_a_run_is_not_observed_yet() -> None:
+    current = compute_status({}, seen(rayjob("Running", "RUNNING")), "T1")
+    waiting = compute_status(current, seen(rayjob("Running", "RUNNING"), generation=2, spec_observed=False), "T2")
+    assert waiting["observedGeneration"] == 1 and waiting["phase"] == "Running"
+
+
+def waiting_pod(name: str, reason: str, message: str = "", **container: Any) -> dict:
+    return {"metadata": {"name": name}, "spec": {"containers": [{"name": "ray-worker", "image": "trainer:v1"}]},
+            "status": {"phase": "Pending", "containerStatuses": [
+                {"name": "ray-worker", "state": {"waiting": {"reason": reason, "message": message}}, **container}]}}
+
+
+def test_an_image_that_cannot_be_pulled_is_the_pending_reason() -> None:
+    pods = [waiting_pod("w-2", "ImagePullBackOff", 'Back-off pulling image "trainer:v1"'),
+            waiting_pod("w-1", "ErrImagePull", "not found")]
+    status = compute_status({}, seen(rayjob("Initializing"), pods=pods), "T")
+    pending = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert status["phase"] == "Pending" and pending["reason"] == "ImagePullBackOff"
+    assert pending["message"] == "pod w-1 cannot pull image trainer:v1 (ErrImagePull): not found"
+    healthy = next(c for c in status["conditions"] if c["type"] == "PodsHealthy")
+    assert healthy["status"] == "False" and healthy["reason"] == "ImagePullBackOff"
+
+
+def test_unschedulable_and_crash_looping_pods_say_why() -> None:
+    unschedulable = {"metadata": {"name": "head"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}}
+    assert diagnose_pods([unschedulable]) == Observed(
+        "Pending", "Unschedulable",
+        "pod head cannot be scheduled: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    crashing = waiting_pod("w", "CrashLoopBackOff", "back-off 20s", restartCount=3, lastState={"terminated": {
+        "exitCode": 1, "reason": "Error", "message": "Traceback ...\nValueError: bad data\n\n"}})
+    found = diagnose_pods([crashing])
+    assert found is not None and found.reason == "CrashLoopBackOff"
+    assert found.message == ("pod w, container ray-worker keeps crashing (exit code 1, 3 restarts); "
+                             "last log line: ValueError: bad data")
+    running = compute_status({}, seen(rayjob("Running", "RUNNING"), pods=[crashing]), "T")
+    assert running["phase"] == "Running", "a crashing worker does not hide that the job runs"
+    assert next(c for c in running["conditions"] if c["type"] == "PodsHealthy")["reason"] == "CrashLoopBackOff"
+    secret = waiting_pod("h", "CreateContainerConfigError", 'secret "mlflow-credentials" not found')
+    assert diagnose_pods([secret]) == Observed(
+        "Pending", "CreateContainerConfigError", 'pod h, container ray-worker: secret "mlflow-credentials" not found')
+    assert diagnose_pods([waiting_pod("ok", "ContainerCreating")]) is None
+
+
+def test_mlflow_down_is_a_condition_and_keeps_the_last_progress() -> None:
+    current = compute_status({}, seen(rayjob("Running", "RUNNING"), progress={"progress": "3/12"}), "T1")
+    down = compute_status(current, seen(rayjob("Running", "RUNNING"), tracking_error="MLflow cannot be reached"), "T2")
+    assert down["progress"] == "3/12"
+    reachable = next(c for c in down["conditions"] if c["type"] == "MlflowReachable")
+    assert reachable["status"] == "False" and reachable["message"] == "MLflow cannot be reached"
+
+
+def test_a_finished_run_whose_rayjob_was_deleted_keeps_its_record() -> None:
+    done = compute_status({}, seen(rayjob("Complete", "SUCCEEDED")), "T1")
+    after = compute_status(done, seen(None), "T2")
+    assert status_patch(done, after) == {}, "nothing about the ended run changes"

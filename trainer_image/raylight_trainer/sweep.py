@@ -15,11 +15,12 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from raylight.api import Distribution, TrialSpec, TuneSweep, apply_overrides
+from raylight.api import BestTrial, Distribution, SweepProgress, TrialCounts, TrialSpec, TuneSweep, apply_overrides
 
 from .attributions import attribute_on_cluster
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
 from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash, with_run
+from .sweep_progress import ProgressReporter, trial_error, write_progress
 from .tracking import (
     TAG_BEST_TRIAL_ID,
     TAG_KIND,
@@ -191,6 +192,9 @@ def run_sweep(
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES)
     metric, mode = spec.objective.metric, spec.objective.mode
+    reporter = ProgressReporter(settings.tracking_uri, experiment_id, parent_run_id, spec.num_samples, spec.max_t(),
+                                metric, mode)
+    callbacks = [*(callbacks or []), reporter]
     if resumable:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
@@ -212,12 +216,13 @@ def run_sweep(
                                                              max_concurrent=concurrency),
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(experiment_dir.parent), callbacks=callbacks or [], verbose=0,
+                name=name, storage_path=str(experiment_dir.parent), callbacks=callbacks, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-    if resumable and callbacks:
-        # Tuner.restore takes no callbacks; the progress display is worth reaching in for.
+    if resumable:
+        # Tuner.restore takes no callbacks; the progress display and MLflow's live progress are
+        # worth reaching in for.
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             local._run_config.callbacks = callbacks
@@ -245,6 +250,7 @@ def run_sweep(
     counts = result.counts()
     for key, value in counts.items():
         client.log_metric(parent_run_id, f"trials_{key}", value)
+    write_progress(client, parent_run_id, _final_progress(result, spec.num_samples))
     failed_all = counts["failed"] == counts["total"]
     set_final(client, parent_run_id, "FAILED" if failed_all else "FINISHED")
     save_state(experiment_dir, finished=True)
@@ -292,17 +298,20 @@ def _outcomes(experiment_dir: Path, max_t: int, metric: str, mode: str) -> list[
             state = "pending"
         error = None
         if trial.status == "ERROR":
-            error = _error_text(trial)
+            error = trial_error(trial)
         outcomes.append(TrialOutcome(trial.trial_id, state, epochs, best_value, dict(trial.config), error=error))
     return sorted(outcomes, key=lambda t: t.trial_id)
 
 
-def _error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).exists():
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-        return lines[-1][:500] if lines else "unknown error"
-    return "trial failed (no error file)"
+def _final_progress(result: SweepResult, num_samples: int) -> SweepProgress:
+    """The sweep's last progress: the states as corrected from MLflow, the chosen best trial."""
+    counts = result.counts()
+    best = result.best
+    return SweepProgress(
+        trials=TrialCounts(total=num_samples, **{k: v for k, v in counts.items() if k != "total"}),
+        best_trial=BestTrial(id=best.trial_id, metric=float(best.metric), config=best.config)
+        if best is not None and best.metric is not None else None,
+    )
 
 
 def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,

@@ -63,7 +63,7 @@ capabilities: {drop: [ALL]}
 {{- define "raylight.rules" -}}
 - apiGroups: [raylight.dev]
   resources: [trainingjobs, tunesweeps]
-  verbs: [get, list, watch, patch]          # patch: kopf's progress annotations
+  verbs: [get, list, watch]
 - apiGroups: [raylight.dev]
   resources: [trainingjobs/status, tunesweeps/status]
   verbs: [get, patch]
@@ -71,14 +71,12 @@ capabilities: {drop: [ALL]}
   resources: [rayjobs]
   verbs: [get, list, watch, create, patch, delete]   # create + patch: server-side apply
 - apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]                 # why a run's pods cannot start, into its status
+- apiGroups: [""]
   resources: [configmaps]
   verbs: [create, patch]                    # the manifest ConfigMap, server-side applied
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- if gt (int .Values.replicaCount) 1 }}
-- apiGroups: [kopf.dev]
-  resources: [{{ if .Values.watchNamespaces }}kopfpeerings{{ else }}clusterkopfpeerings{{ end }}]
-  verbs: [get, list, watch, patch]
-{{- end }}
 {{- end -}}

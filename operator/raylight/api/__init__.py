@@ -11,7 +11,7 @@ from .manifest import (
     load_manifests,
     parse_resource,
 )
-from .status import BestTrial, Condition, MlflowRef, TrainingJobStatus, TrialCounts, TuneSweepStatus
+from .status import BestTrial, Condition, MlflowRef, SweepProgress, TrainingJobStatus, TrialCounts, TuneSweepStatus
 from .sweep import AshaSpec, Distribution, FifoSpec, SchedulerSpec, TuneSweepSpec, apply_overrides
 from .trial import (
     EFFICIENTNET_PRESETS,
@@ -61,6 +61,7 @@ __all__ = [
     "SchedulerSpec",
     "SpecError",
     "SpecModel",
+    "SweepProgress",
     "TrackingSpec",
     "TrainingJob",
     "TrainingJobSpec",

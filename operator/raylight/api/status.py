@@ -96,3 +96,11 @@ class TuneSweepStatus(ResourceStatus):
     progress: str | None = None
     """Finished trials / numSamples, e.g. 5/12."""
     best_trial: BestTrial | None = None
+
+
+class SweepProgress(SpecModel):
+    """What a sweep's driver keeps on its MLflow parent run while it runs (tag raylight.progress,
+    JSON): the operator reads this one run, by its id, instead of searching the trial runs."""
+
+    trials: TrialCounts
+    best_trial: BestTrial | None = None

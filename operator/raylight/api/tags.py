@@ -12,3 +12,5 @@ TAG_BEST_TRIAL_ID = "raylight.best_trial_id"
 TAG_UID = "raylight.uid"
 # MLflow's own tag for a child run's parent.
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
+# A sweep's parent run: its SweepProgress as JSON, updated as trials report and end.
+TAG_PROGRESS = "raylight.progress"

@@ -242,6 +242,9 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
             "image": image,
             "resources": {"requests": resources, "limits": resources},
             "volumeMounts": mounts,
+            # A crashing container's last log lines land in its status, where the operator
+            # reads them to explain the failure (no log access needed).
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }
         if cluster.image_pull_policy:
             body["imagePullPolicy"] = cluster.image_pull_policy
@@ -286,7 +289,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     ])
     # The submitter pod only runs `ray job submit` and follows the driver's log: KubeRay's default
     # reserves half a CPU for that, which a small node then lacks for the workers.
-    submitter = {"name": "ray-job-submitter", "image": image,
+    submitter = {"name": "ray-job-submitter", "image": image, "terminationMessagePolicy": "FallbackToLogsOnError",
                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}
     if cluster.image_pull_policy:
         submitter["imagePullPolicy"] = cluster.image_pull_policy

@@ -1,271 +1,117 @@
-"""kopf handlers: validate, build, apply, and write status only when it changed.
+"""kopf as the watch layer: every event only updates the cache and enqueues one reconcile.
 
-- A TrainingJob or TuneSweep (created, changed, or found at start-up) is validated, built into a
-  ConfigMap (its manifest) and a RayJob, and both are applied server-side.
-- A RayJob's status (KubeRay writes it) drives the owner's phase and conditions, with an Event
-  on each transition.
-- While a run is Running, a timer reads its progress back from MLflow.
+- A TrainingJob or TuneSweep (created, changed, listed at start-up) enqueues itself.
+- A RayJob or a pod it caused enqueues the resource its labels name.
+- The progress poller enqueues a resource when MLflow shows something new.
+The reconcile (reconciler.py), run by the work queue's workers, is the only writer of status.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
-from raylight.api import GROUP, VERSION, ManifestError, parse_resource
-from raylight.api.manifest import Resource
+from raylight.api import GROUP, VERSION
 
 from . import metrics
-from .builder import (
-    LABEL_KIND,
-    LABEL_NAME,
-    MANAGED_BY,
-    RUN_HASH_ANNOTATION,
-    BuildError,
-    OperatorSettings,
-    build_configmap,
-    build_rayjob,
-    run_hash,
-    tracking_uri,
-)
-from .kube import PLURALS, Kube, api_message, refused_by_schema
-from .progress import ProgressError, read_progress
-from .state import (
-    TERMINAL_PHASES,
-    Observed,
-    observe_rayjob,
-    phase_conditions,
-    set_condition,
-    status_for_rayjob,
-    transition,
-)
+from .builder import LABEL_KIND, MANAGED_BY, OperatorSettings
+from .cache import Key, ObjectCache
+from .election import LeaderElector
+from .kube import PLURALS, Kube
+from .progress import ProgressPoller, end_runs
+from .reconciler import Reconciler
+from .workqueue import WorkQueue
 
 PROGRESS_INTERVAL_S = float(os.environ.get("RAYLIGHT_PROGRESS_INTERVAL", "30"))
-_PROGRESS_FIELDS = ("epoch", "metric", "trials", "progress", "bestTrial", "mlflow")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _resource(body: Mapping[str, Any]) -> Resource:
-    """The typed resource (the API server already applied the schema's defaults)."""
-    doc = {
-        "apiVersion": body["apiVersion"],
-        "kind": body["kind"],
-        "metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid", "generation", "labels",
-                                                            "annotations") if body["metadata"].get(k) is not None},
-        "spec": dict(body.get("spec") or {}),
-    }
-    return parse_resource(doc)
+log = logging.getLogger("raylight.operator")
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Progress and the diff base live in our own annotations, not in status.kopf (the structural
-    # schema would prune it) nor under kopf's default prefix.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration",
-    )
-    settings.posting.level = logging.WARNING  # Events: our transitions and real failures only
+    settings.posting.level = logging.WARNING  # kopf's own Events: real failures only
     # The resources and namespaces are known at start: no watching of CRDs and namespaces, so
     # no RBAC for them (install the CRDs before the operator, as the Helm chart does).
     settings.scanning.disabled = True
     workers = int(os.environ.get("RAYLIGHT_WORKERS", "16"))
-    settings.execution.max_workers = workers
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     if not hasattr(memo, "settings"):
         memo.settings = OperatorSettings()
     memo.kube = Kube(pool_size=workers * 2)
+    memo.cache = ObjectCache()
+    memo.cleanup = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cleanup")
+
+    def enqueue(key: Hashable) -> None:
+        memo.queue.add(key)
+
+    memo.poller = ProgressPoller(PROGRESS_INTERVAL_S, on_change=enqueue)
+    reconciler = Reconciler(memo.kube, memo.cache, memo.settings, memo.poller)
+    memo.elector = None
+    lease = getattr(memo, "lease", None)
+    if lease is not None:
+        def lead() -> None:  # everything the cache knows gets a reconcile by the new leader
+            for key in memo.cache.resource_keys():
+                memo.queue.add(key)
+
+        memo.elector = LeaderElector(memo.kube.api, name=lease[1], namespace=lease[0], on_started_leading=lead)
+    gate = (lambda: memo.elector.leading) if memo.elector is not None else None
+    memo.queue = WorkQueue(reconciler, workers, on_error=_log_failure, gate=gate)
+    memo.queue.start()
+    memo.poller.start()
+    if memo.elector is not None:
+        memo.elector.start()
     if getattr(memo, "metrics_port", None):
         metrics.serve(memo.metrics_port)
 
 
-def _reject(body: kopf.Body, kube: Kube, path: str, message: str) -> None:
-    """A spec that can never work: phase Failed, a condition that names the field, no objects."""
-    text = f"{path}: {message}"
-
-    def failed(current: dict[str, Any]) -> dict[str, Any]:
-        now = _now()
-        conditions = set_condition(current.get("conditions") or [], "SpecValid", False, "InvalidSpec", text, now)
-        conditions = phase_conditions(conditions, Observed("Failed", "InvalidSpec", text), now)
-        update = {"phase": "Failed", "conditions": conditions, "observedGeneration": body["metadata"].get("generation")}
-        return {k: v for k, v in update.items() if current.get(k) != v}
-
-    kube.update_status(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"], failed)
-    kopf.event(body, type="Warning", reason="InvalidSpec", message=text)
-    metrics.ERRORS.labels(kind=body["kind"], reason="InvalidSpec").inc()
-    raise kopf.PermanentError(text)
+@kopf.on.cleanup()
+def shut_down(memo: kopf.Memo, **_: Any) -> None:
+    if memo.elector is not None:
+        memo.elector.stop()  # hands the Lease back: a standby takes over at once
+    memo.queue.stop()
+    memo.poller.stop()
+    memo.cleanup.shutdown(wait=True, cancel_futures=False)
 
 
-def reconcile(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
-    kind = body["kind"]
-    kube: Kube = memo.kube
-    metrics.RECONCILES.labels(kind=kind).inc()
-    try:
-        resource = _resource(body)
-        configmap = build_configmap(resource, memo.settings)
-        rayjob = build_rayjob(resource, memo.settings)
-    except ManifestError as exc:
-        first = exc.errors[0]
-        _reject(body, kube, first.path, "; ".join(str(e) for e in exc.errors) if len(exc.errors) > 1
-                else first.message)
+def _log_failure(key: Hashable, exc: BaseException) -> None:
+    kind = key[0] if isinstance(key, tuple) else "?"
+    metrics.ERRORS.labels(kind=kind, reason=type(exc).__name__).inc()
+    log.error("reconcile of %s failed; retrying with backoff: %s", key, exc,
+              exc_info=not isinstance(exc, kopf.TemporaryError))
+
+
+async def resource_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        key: Key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+        memo.cache.drop_resource(key)
+        memo.queue.forget(key)
+        memo.poller.forget(key)
+        metrics.drop_phase(key)
+        # Its RayJob goes with it (owner references): its MLflow runs must not stay RUNNING.
+        memo.cleanup.submit(end_runs, dict(body), memo.settings)
         return
-    except BuildError as exc:
-        _reject(body, kube, exc.path, exc.message)
-        return
-    meta = resource.metadata
-    name, digest = rayjob["metadata"]["name"], run_hash(resource)
-    existing = kube.get_rayjob(meta.namespace, name)
-    phase = status.get("phase")
-    if existing is None and phase in TERMINAL_PHASES and status.get("runHash") == digest:
-        # This run finished and its RayJob was deleted (by hand: KubeRay's TTL removes only the
-        # Ray cluster): never run it again.
-        kube.update_status(kind, meta.namespace, meta.name, lambda current: {"observedGeneration": meta.generation}
-                           if current.get("observedGeneration") != meta.generation else {})
-        return
-    if existing is not None and existing["metadata"].get("annotations", {}).get(RUN_HASH_ANNOTATION) != digest:
-        if observe_rayjob(existing).phase not in (*TERMINAL_PHASES, "Suspended"):
-            raise kopf.TemporaryError("the spec changed while the run is active; waiting for it to end", delay=30)
-        # A new run of a finished or suspended one: KubeRay does not restart a RayJob, replace it.
-        kube.delete_rayjob(meta.namespace, name)
-        raise kopf.TemporaryError(f"replacing RayJob {name} of the previous run", delay=2)
-    # The RayJob first: when its schema refuses what we passed through (a malformed volume, say),
-    # nothing is left behind. Its head pod waits for the ConfigMap's volume until it exists.
-    try:
-        kube.apply_rayjob(rayjob)
-    except ApiException as exc:
-        if refused_by_schema(exc):
-            _reject(body, kube, "spec.cluster", f"KubeRay's RayJob refuses it: {api_message(exc)}")
-        raise
-    kube.apply_configmap(configmap)
+    key = memo.cache.put_resource(body)
+    metrics.set_phase(key, (body.get("status") or {}).get("phase") or "Pending")
+    memo.queue.add(key)
 
-    # What the RayJob says now: its last status (a restarted operator may have missed it) under
-    # the spec just applied (a suspend flag may have flipped); a new RayJob has no status yet.
-    known = {**(existing or {}), "spec": rayjob["spec"]}
 
-    def applied(current: dict[str, Any]) -> dict[str, Any]:
-        now = _now()
-        conditions = set_condition(current.get("conditions") or [], "SpecValid", True, "Valid",
-                                   "the spec is valid", now)
-        update: dict[str, Any] = {"observedGeneration": meta.generation, "rayJobName": name, "runHash": digest}
-        base = {**current, "conditions": conditions}
-        if current.get("runHash") not in (None, digest):  # a new run: forget the last one's results
-            base = {"conditions": conditions}
-            update.update(startTime=None, completionTime=None, **{field: None for field in _PROGRESS_FIELDS})
-        update.update({"conditions": conditions, **status_for_rayjob(base, known, now)})
-        return {k: v for k, v in update.items() if current.get(k) != v}
+async def rayjob_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.cache.put_rayjob(body, deleted=type == "DELETED")
+    if key is not None:
+        memo.queue.add(key)
 
-    current, update = kube.update_status(kind, meta.namespace, meta.name, applied)
-    _announce(body, current.get("phase"), update)
+
+async def pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    key = memo.cache.put_pod(body, deleted=type == "DELETED")
+    if key is not None:
+        memo.queue.add(key)
 
 
 for _plural in PLURALS.values():
-    kopf.on.resume(GROUP, VERSION, _plural)(reconcile)
-    kopf.on.create(GROUP, VERSION, _plural)(reconcile)
-    kopf.on.update(GROUP, VERSION, _plural)(reconcile)
-
-
-def _owner_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, dict[str, Any]]:
-    """The current object of each of our resources, so a RayJob event needs no API read.
-
-    Only what the handlers read: not managedFields nor the annotations (kubectl's last-applied
-    configuration, kopf's diff base), which are most of an object's size."""
-    metadata = body["metadata"]
-    kept = {k: metadata[k] for k in ("name", "namespace", "uid", "generation", "labels") if k in metadata}
-    essence = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": kept, "spec": dict(body["spec"])}
-    return {(namespace, name): {"body": essence, "status": dict(body.get("status") or {})}}
-
-
-kopf.index(GROUP, VERSION, "trainingjobs", id="trainingjobs")(_owner_index)
-kopf.index(GROUP, VERSION, "tunesweeps", id="tunesweeps")(_owner_index)
-
-
-@kopf.on.event("ray.io", "v1", "rayjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-def rayjob_event(body: kopf.Body, type: str, memo: kopf.Memo, logger: kopf.Logger, **indices: Any) -> None:
-    if type == "DELETED":
-        return  # deleted by hand after the run ended: the owner keeps its final status
-    labels = body["metadata"].get("labels") or {}
-    kind, name, namespace = labels.get(LABEL_KIND), labels.get(LABEL_NAME), body["metadata"]["namespace"]
-    index = indices.get(PLURALS.get(str(kind), ""))  # kopf passes each index by its id
-    if index is None or (namespace, name) not in index:
-        return
-    owner = next(iter(index[(namespace, name)]))
-    owner_body = owner["body"]
-    run = (body["metadata"].get("annotations") or {}).get(RUN_HASH_ANNOTATION)
-    rayjob = dict(body)
-
-    def observed(current: dict[str, Any]) -> dict[str, Any]:
-        if current.get("runHash") and run != current["runHash"]:
-            return {}  # the RayJob of a previous run, on its way out
-        return status_for_rayjob(current, rayjob, _now())
-
-    def observed_and_final(current: dict[str, Any]) -> dict[str, Any]:
-        update = observed(current)
-        if update.get("phase") in TERMINAL_PHASES:
-            update.update(_final_progress(owner_body, current, memo, logger))
-        return update
-
-    # The cached owner answers "anything new?" without an API call; the write reads it fresh.
-    if not observed(owner["status"]):
-        return
-    current, update = memo.kube.update_status(str(kind), namespace, str(name), observed_and_final)
-    _announce(owner_body, current.get("phase"), update)
-
-
-def _announce(body: Mapping[str, Any], previous_phase: str | None, update: dict[str, Any]) -> None:
-    """A Kubernetes Event on the resource when its phase moved."""
-    moved = transition(previous_phase, update)
-    if moved:
-        event_type, reason, message = moved
-        kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=event_type, reason=reason, message=message)
-
-
-def _final_progress(owner_body: dict[str, Any], current: dict[str, Any], memo: kopf.Memo,
-                    logger: kopf.Logger) -> dict[str, Any]:
-    """The run's last results, read once more as it ends (the timer may not run again)."""
-    try:
-        resource = _resource(owner_body)
-        progress = read_progress(resource, tracking_uri(resource, memo.settings))
-    except (ManifestError, BuildError, ProgressError) as exc:
-        logger.info("no final progress for %s: %s", owner_body["metadata"]["name"], exc)
-        return {}
-    return {k: v for k, v in progress.items() if current.get(k) != v}
-
-
-def _running(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") == "Running"
-
-
-def progress(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
-             logger: kopf.Logger, **_: Any) -> None:
-    try:
-        resource = _resource(body)
-        found = read_progress(resource, tracking_uri(resource, memo.settings))
-    except (ManifestError, BuildError) as exc:
-        logger.debug("no progress: %s", exc)
-        return
-    except ProgressError as exc:
-        logger.info("progress unavailable: %s", exc)
-        return
-    patch.status.update({k: v for k, v in found.items() if status.get(k) != v})
-
-
-def track_phase(body: kopf.Body, type: str, **_: Any) -> None:
-    key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
-    if type == "DELETED":
-        metrics.PHASES.pop(key, None)
-    else:
-        metrics.PHASES[key] = (body.get("status") or {}).get("phase") or "Pending"
-
-
-for _plural in PLURALS.values():
-    kopf.on.event(GROUP, VERSION, _plural, id="phase-metrics")(track_phase)
-    kopf.timer(GROUP, VERSION, _plural, interval=PROGRESS_INTERVAL_S, when=_running, id="progress")(progress)
+    kopf.on.event(GROUP, VERSION, _plural, id="enqueue")(resource_event)
+kopf.on.event("ray.io", "v1", "rayjobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+              id="enqueue-owner")(rayjob_event)
+kopf.on.event("", "v1", "pods", labels={LABEL_KIND: kopf.PRESENT}, id="enqueue-owner")(pod_event)

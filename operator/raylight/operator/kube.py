@@ -6,8 +6,9 @@ again changes nothing, and fields other managers own (a GitOps tool's, KubeRay's
 
 from __future__ import annotations
 
+import datetime
 import json
-from collections.abc import Callable
+import socket
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -20,7 +21,7 @@ from .builder import FIELD_MANAGER
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 PLURALS = {"TrainingJob": "trainingjobs", "TuneSweep": "tunesweeps"}
-_STATUS_ATTEMPTS = 8
+_HOSTNAME = socket.gethostname()
 
 
 def load_config(kubeconfig: str | None = None) -> None:
@@ -69,33 +70,33 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def update_status(
-        self, kind: str, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Read-modify-write of one of our resources' status: (status before, fields written).
+    def patch_status(self, kind: str, namespace: str, name: str, resource_version: str | None,
+                     patch: dict[str, Any]) -> None:
+        """A merge patch of one of our resources' status, on the condition that it is still at
+        `resource_version` (the version the status was computed from): a 409 means the object
+        moved on, and its watch event brings a reconcile that sees the new version."""
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURALS[kind], name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+        )
 
-        `change` gets the current status and returns the fields to set ({}: nothing to write).
-        The resourceVersion is the patch's precondition: when another writer got in between (the
-        RayJob watch and the reconciler both write conditions) the write is redone on the fresh
-        status instead of overwriting it."""
-        for _ in range(_STATUS_ATTEMPTS):
-            body = cast(dict[str, Any], self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURALS[kind], name))
-            current = dict(body.get("status") or {})
-            update = change(current)
-            if not update:
-                return current, {}
-            patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": update}
-            try:
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, PLURALS[kind], name, patch,
-                    field_manager=FIELD_MANAGER, _content_type=MERGE,
-                )
-                return current, update
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-        raise RuntimeError(f"the status of {kind} {namespace}/{name} kept changing under {_STATUS_ATTEMPTS} writes")
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on one of our resources (what `kubectl describe` lists)."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=involved["apiVersion"], kind=involved["kind"], name=meta["name"],
+                namespace=meta["namespace"], uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
+            ),
+            type=type_, reason=reason, message=message[:1024], count=1, first_timestamp=now, last_timestamp=now,
+            source=client.V1EventSource(component=FIELD_MANAGER), reporting_component=FIELD_MANAGER,
+            reporting_instance=_HOSTNAME,
+        )
+        self.core.create_namespaced_event(meta["namespace"], event)
 
 
 def api_message(exc: ApiException) -> str:
@@ -107,8 +108,12 @@ def api_message(exc: ApiException) -> str:
 
 
 def refused_by_schema(exc: ApiException) -> bool:
-    """The object itself is wrong (it will be on every retry), not the server.
+    """The object itself is wrong (it will be on every retry), not the server nor a policy.
 
     Server-side apply answers a value of the wrong type with a 500 "failed to create typed patch
-    object" instead of a 422."""
-    return exc.status in (400, 422) or (exc.status == 500 and "failed to create typed patch object" in api_message(exc))
+    object" instead of a 422. An admission webhook's refusal, or one about the metadata we set
+    (owner references), is not the user's spec error."""
+    message = api_message(exc)
+    if exc.status == 500:
+        return "failed to create typed patch object" in message
+    return exc.status in (400, 422) and "admission webhook" not in message and "metadata." not in message

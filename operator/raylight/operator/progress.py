@@ -1,26 +1,44 @@
 """Live progress read back from MLflow, the system of record, over its REST API.
 
 The operator stays small: plain HTTP, no mlflow import. The trainer tags the run of a
-TrainingJob and the parent run of a TuneSweep with the resource's uid (raylight.uid); trial
-runs are that parent's children and carry their final state in raylight.state.
+TrainingJob and the parent run of a TuneSweep with the resource's uid (raylight.uid); once
+found, that one run is read by its id. A sweep's driver keeps its progress on it (the api's
+SweepProgress, tag raylight.progress), so no trial run is ever searched.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from raylight.api import TrainingJob, TuneSweep
+from pydantic import ValidationError
+
+from raylight.api import SweepProgress, TrainingJob, TuneSweep
 from raylight.api.manifest import Resource
-from raylight.api.tags import TAG_BEST_TRIAL_ID, TAG_PARENT_RUN_ID, TAG_STATE, TAG_TRIAL_ID, TAG_UID
+from raylight.api.tags import TAG_PARENT_RUN_ID, TAG_PROGRESS, TAG_UID
 
 _TIMEOUT_S = 10
+_MAX_PAUSE_S = 60.0
+log = logging.getLogger("raylight.operator")
+_requests = 0
+_requests_lock = threading.Lock()
+
+
+def requests_made() -> int:
+    """MLflow requests this process made (the metric raylight_mlflow_requests_total)."""
+    return _requests
 _MAX_TRIAL_RUNS = 1000
 
 
@@ -29,8 +47,9 @@ class ProgressError(RuntimeError):
 
 
 class MlflowReader:
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, timeout: float = _TIMEOUT_S) -> None:
         self.base = tracking_uri.rstrip("/")
+        self.timeout = timeout
         self.headers = {"Content-Type": "application/json"}
         # The same variables the MLflow client reads.
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
@@ -47,8 +66,11 @@ class MlflowReader:
             url += "?" + urllib.parse.urlencode(query)
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, headers=self.headers, method=method)
+        global _requests
+        with _requests_lock:
+            _requests += 1
         try:
-            with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return dict(json.loads(response.read() or b"{}"))
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -60,6 +82,13 @@ class MlflowReader:
     def experiment_id(self, name: str) -> str | None:
         found = self._call("GET", "experiments/get-by-name", query={"experiment_name": name})
         return (found.get("experiment") or {}).get("experiment_id")
+
+    def end_run(self, run_id: str, status: str, end_time_ms: int) -> None:
+        self._call("POST", "runs/update", {"run_id": run_id, "status": status, "end_time": end_time_ms})
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        found = self._call("GET", "runs/get", query={"run_id": run_id})
+        return found.get("run")
 
     def search(self, experiment_id: str, filter_: str, max_results: int) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = []
@@ -87,38 +116,28 @@ def _metrics(run: dict[str, Any]) -> dict[str, float]:
     return {m["key"]: float(m["value"]) for m in (run.get("data") or {}).get("metrics", [])}
 
 
-def _params(run: dict[str, Any]) -> dict[str, str]:
-    return {p["key"]: p["value"] for p in (run.get("data") or {}).get("params", [])}
+def read_progress(resource: Resource, tracking_uri: str, known: dict[str, Any] | None = None,
+                  timeout: float = _TIMEOUT_S) -> dict[str, Any]:
+    """Status fields that show the run's progress: {} until the trainer has created its run.
 
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
-
-
-def _sampled_config(params: dict[str, str]) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    for key, value in params.items():
-        if key.startswith("sampled."):
-            try:
-                config[key.removeprefix("sampled.")] = json.loads(value)
-            except ValueError:
-                config[key.removeprefix("sampled.")] = value
-    return config
-
-
-def read_progress(resource: Resource, tracking_uri: str) -> dict[str, Any]:
-    """Status fields that show the run's progress: {} until the trainer has created its run."""
-    reader = MlflowReader(tracking_uri)
+    `known` is the status' mlflow reference: once the run is found, it is read by its id (one
+    request) instead of searched for (two)."""
+    reader = MlflowReader(tracking_uri, timeout)
     spec, meta = resource.spec, resource.metadata
-    experiment_id = reader.experiment_id(spec.mlflow.experiment or meta.name)
-    if experiment_id is None:
-        return {}
-    identity = f"tags.`{TAG_UID}` = '{meta.uid}'"
-    runs = reader.search(experiment_id, identity, 1)
-    if not runs:
-        return {}
-    run = runs[0]
+    run: dict[str, Any] | None = None
+    experiment_id = (known or {}).get("experimentId")
+    if known and known.get("runId") and known.get("trackingUri") == tracking_uri:
+        run = reader.run(str(known["runId"]))
+    if run is None:
+        experiment_id = reader.experiment_id(spec.mlflow.experiment or meta.name)
+        if experiment_id is None:
+            return {}
+        runs = reader.search(experiment_id, f"tags.`{TAG_UID}` = '{meta.uid}'", 1)
+        if not runs:
+            return {}
+        run = runs[0]
     run_id = run["info"]["run_id"]
+    experiment_id = experiment_id or run["info"].get("experiment_id")
     status: dict[str, Any] = {"mlflow": {"trackingUri": tracking_uri, "experimentId": experiment_id, "runId": run_id}}
     metric = spec.objective.metric
     if isinstance(resource, TrainingJob):
@@ -129,34 +148,185 @@ def read_progress(resource: Resource, tracking_uri: str) -> dict[str, Any]:
             status["metric"] = metrics[metric]
         return status
     assert isinstance(resource, TuneSweep)
-    sweep = resource.spec
-    children = reader.search(experiment_id, f"tags.`{TAG_PARENT_RUN_ID}` = '{run_id}'", _MAX_TRIAL_RUNS)
-    counts = {"total": sweep.num_samples, "pending": 0, "running": 0, "succeeded": 0, "stoppedEarly": 0, "failed": 0}
-    best: dict[str, Any] | None = None
-    for child in children:
-        state = _tags(child).get(TAG_STATE)
-        if state == "stopped_early":
-            counts["stoppedEarly"] += 1
-        elif state in ("succeeded", "failed"):
-            counts[state] += 1
-        else:
-            counts["running"] += 1
-        value = _metrics(child).get(metric)
-        improves = best is None or _better(value or 0.0, best["metric"], spec.objective.mode)
-        if value is not None and math.isfinite(value) and improves:
-            best = {
-                "id": _tags(child).get(TAG_TRIAL_ID, child["info"]["run_id"]),
-                "metric": value,
-                "config": _sampled_config(_params(child)),
-            }
-    # A finished sweep names its best trial; that is the answer (it may have peaked before its last epoch).
-    final_id, final_metric = _tags(run).get(TAG_BEST_TRIAL_ID), _metrics(run).get(f"best_{metric}")
-    chosen = next((c for c in children if _tags(c).get(TAG_TRIAL_ID) == final_id), None)
-    if chosen is not None and final_metric is not None:
-        best = {"id": final_id, "metric": final_metric, "config": _sampled_config(_params(chosen))}
-    counts["pending"] = max(0, sweep.num_samples - len(children))
-    done = counts["succeeded"] + counts["stoppedEarly"] + counts["failed"]
-    status.update(trials=counts, progress=f"{done}/{sweep.num_samples}")
-    if best is not None:
-        status["bestTrial"] = best
+    # The driver keeps the sweep's progress on this one run (api SweepProgress): no trial search.
+    try:
+        progress = SweepProgress.model_validate_json(_tags(run).get(TAG_PROGRESS) or "")
+    except ValidationError:
+        return status  # not written yet (or by a trainer older than the contract)
+    counts = progress.trials
+    status.update(trials=counts.wire(),
+                  progress=f"{counts.succeeded + counts.stopped_early + counts.failed}/{counts.total}")
+    if progress.best_trial is not None:
+        status["bestTrial"] = progress.best_trial.wire()
     return status
+
+
+@dataclass(frozen=True)
+class ProgressTarget:
+    """What to read for one resource: its current run (by spec hash) and where it reports."""
+
+    resource: Resource
+    tracking_uri: str
+    run_hash: str
+    known: dict[str, Any] | None
+    """The status' mlflow reference, once the run was found."""
+    final: bool = False
+    """The run ended: read it once more, then stop."""
+
+
+@dataclass(frozen=True)
+class ProgressState:
+    run_hash: str
+    fields: dict[str, Any] | None
+    """Status fields from the last successful read (None: never read)."""
+    error: str | None
+    """Why the last read failed (None: it did not)."""
+
+
+class ProgressPoller:
+    """Reads each active run's progress from MLflow off the reconcile path and enqueues on change.
+
+    Reads run on a few threads of their own with a short timeout, so a slow or stopped MLflow
+    never holds a reconcile. A tracking URI that fails is left alone for a growing pause (up to
+    a minute, or the interval if longer) instead of being asked once per resource per interval."""
+
+    def __init__(self, interval: float, on_change: Callable[[Hashable], None], threads: int = 4,
+                 timeout: float = 5.0) -> None:
+        self.interval, self.timeout = interval, timeout
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._targets: dict[Hashable, ProgressTarget] = {}
+        self._states: dict[Hashable, ProgressState] = {}
+        self._due: dict[Hashable, float] = {}
+        self._in_flight: set[Hashable] = set()
+        self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="progress")
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def track(self, key: Hashable, target: ProgressTarget | None) -> None:
+        """Keep reading this resource's progress (None: stop). A changed target is read at once."""
+        with self._lock:
+            previous = self._targets.get(key)
+            if target is None:
+                self._targets.pop(key, None)
+                self._states.pop(key, None)
+                self._due.pop(key, None)
+                return
+            self._targets[key] = target
+            changed = previous is None or (previous.run_hash, previous.final) != (target.run_hash, target.final)
+            if changed:
+                self._due[key] = 0.0
+        if changed:
+            self._wake.set()
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._targets.pop(key, None)
+            self._states.pop(key, None)
+            self._due.pop(key, None)
+
+    def state(self, key: Hashable) -> ProgressState | None:
+        with self._lock:
+            return self._states.get(key)
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            now = time.monotonic()
+            with self._lock:
+                ready = [key for key, due in self._due.items() if due <= now and key not in self._in_flight
+                         and self._down_until.get(self._targets[key].tracking_uri, 0.0) <= now]
+                for key in ready:
+                    self._in_flight.add(key)
+                    self._due[key] = now + self.interval
+                pending = [d for k, d in self._due.items() if k not in self._in_flight]
+                next_due = min(pending, default=now + self.interval)
+            for key in ready:
+                self._pool.submit(self._read, key)
+            self._wake.wait(timeout=max(0.05, min(self.interval, next_due - now)))
+            self._wake.clear()
+
+    def _read(self, key: Hashable) -> None:
+        with self._lock:
+            target = self._targets.get(key)
+        try:
+            if target is None:
+                return
+            try:
+                fields: dict[str, Any] | None = read_progress(target.resource, target.tracking_uri, target.known,
+                                                              self.timeout)
+                error = None
+            except ProgressError as exc:
+                fields, error = None, str(exc)
+            self._record(key, target, fields, error)
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)
+
+    def _record(self, key: Hashable, target: ProgressTarget, fields: dict[str, Any] | None,
+                error: str | None) -> None:
+        uri = target.tracking_uri
+        changed: list[Hashable] = []
+        with self._lock:
+            if self._targets.get(key) != target:
+                return  # the resource moved on while this read ran
+            if error is None:
+                self._failures.pop(uri, None)
+                self._down_until.pop(uri, None)
+                affected = [key]
+            else:
+                failures = self._failures[uri] = self._failures.get(uri, 0) + 1
+                # One probe per server per pause (the other resources wait for it): the pause
+                # only bounds how late the status catches up once it is back.
+                pause = min(max(self.interval, _MAX_PAUSE_S), self.interval * 2 ** (failures - 1))
+                self._down_until[uri] = time.monotonic() + pause
+                # Every resource on this server is as unreachable as this one: say so on all of them.
+                affected = [k for k, t in self._targets.items() if t.tracking_uri == uri]
+            for each in affected:
+                each_target = self._targets[each]
+                previous = self._states.get(each)
+                kept = previous.fields if previous and previous.run_hash == each_target.run_hash else None
+                state = ProgressState(each_target.run_hash, fields if each == key and fields is not None else kept,
+                                      error)
+                if state != previous:
+                    self._states[each] = state
+                    changed.append(each)
+            if target.final and error is None:
+                self._targets.pop(key, None)  # the ended run was read once more: done
+                self._due.pop(key, None)
+        for each in changed:
+            self._on_change(each)
+
+
+def end_runs(body: dict[str, Any], settings: Any) -> None:
+    """A resource deleted mid-run: its MLflow run (and a sweep's unfinished trial runs) end KILLED.
+
+    Its driver dies with the RayJob and would leave them RUNNING forever. Best effort: MLflow
+    may be down, and the resource is gone either way."""
+    status = body.get("status") or {}
+    ref = status.get("mlflow") or {}
+    if status.get("phase") in ("Succeeded", "Failed") or not ref.get("runId") or not ref.get("trackingUri"):
+        return
+    reader = MlflowReader(str(ref["trackingUri"]))
+    end_time = int(time.time() * 1000)
+    try:
+        runs = [str(ref["runId"])]
+        if body.get("kind") == "TuneSweep" and ref.get("experimentId"):
+            children = reader.search(str(ref["experimentId"]), f"tags.`{TAG_PARENT_RUN_ID}` = '{ref['runId']}' "
+                                     "and attributes.status = 'RUNNING'", _MAX_TRIAL_RUNS)
+            runs += [child["info"]["run_id"] for child in children]
+        for run_id in runs:
+            reader.end_run(run_id, "KILLED", end_time)
+    except ProgressError as exc:
+        log.warning("the MLflow runs of deleted %s %s stay as they are: %s", body.get("kind"),
+                    body["metadata"].get("name"), exc)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
-CONDITION_TYPES = ("SpecValid", "Running", "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES = ("SpecValid", "Running", "Suspended", "Succeeded", "Failed", "PodsHealthy", "MlflowReachable")
 
 
 @dataclass(frozen=True)
@@ -67,30 +67,13 @@ def phase_conditions(conditions: list[dict[str, Any]], observed: Observed, now: 
     for type_, phase in (("Running", "Running"), ("Suspended", "Suspended"), ("Succeeded", "Succeeded"),
                          ("Failed", "Failed")):
         active = observed.phase == phase
-        reason = observed.reason if active else f"Not{phase}"
-        message = observed.message if active else ""
+        # Not running yet: the Running condition says why (the cluster is starting, an image
+        # cannot be pulled ...), where `kubectl describe` and `kubectl wait` users look.
+        explains = active or (phase == "Running" and observed.phase == "Pending")
+        reason = observed.reason if explains else f"Not{phase}"
+        message = observed.message if explains else ""
         conditions = set_condition(conditions, type_, active, reason, message, now)
     return conditions
-
-
-def status_for_rayjob(current: dict[str, Any], rayjob: dict[str, Any], now: str) -> dict[str, Any]:
-    """The status fields a RayJob drives (phase, conditions, times); {} when nothing changed."""
-    observed = observe_rayjob(rayjob)
-    rj_status = rayjob.get("status") or {}
-    update: dict[str, Any] = {}
-    if current.get("phase") != observed.phase:
-        update["phase"] = observed.phase
-    conditions = phase_conditions(current.get("conditions") or [], observed, now)
-    if conditions != (current.get("conditions") or []):
-        update["conditions"] = conditions
-    start = rj_status.get("startTime")
-    if start and not current.get("startTime"):
-        update["startTime"] = start
-    if observed.phase in TERMINAL_PHASES:
-        end = rj_status.get("endTime") or now
-        if not current.get("completionTime"):
-            update["completionTime"] = end
-    return update
 
 
 def transition(previous_phase: str | None, update: dict[str, Any]) -> tuple[str, str, str] | None:
@@ -102,3 +85,137 @@ def transition(previous_phase: str | None, update: dict[str, Any]) -> tuple[str,
     message = condition["message"] if condition else ""
     kind = "Warning" if phase == "Failed" else "Normal"
     return kind, phase, f"{previous_phase or 'New'} -> {phase}" + (f": {message}" if message else "")
+
+
+# Container waiting reasons that mean "this will not start by itself": the user must act.
+_IMAGE_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable")
+_CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+_LAST_LINE_CHARS = 300
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][-_LAST_LINE_CHARS:] if lines else ""
+
+
+def _container_problem(pod: str, status: dict[str, Any], images: dict[str, str]) -> Observed | None:
+    name = status.get("name", "?")
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    reason, message = waiting.get("reason") or "", waiting.get("message") or ""
+    if reason in _IMAGE_REASONS:
+        image = status.get("image") or images.get(name, "?")
+        return Observed("Pending", "ImagePullBackOff",
+                        f"pod {pod} cannot pull image {image} ({reason}){': ' + message if message else ''}")
+    if reason in _CONFIG_REASONS:
+        return Observed("Pending", reason, f"pod {pod}, container {name}: {message or reason}")
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    terminated = (status.get("state") or {}).get("terminated") or {}
+    ended = last if reason == "CrashLoopBackOff" else terminated
+    if reason == "CrashLoopBackOff" or ended.get("reason") == "OOMKilled":
+        why = "OOMKilled" if ended.get("reason") == "OOMKilled" else "CrashLoopBackOff"
+        text = f"pod {pod}, container {name} "
+        text += "was killed for running out of memory" if why == "OOMKilled" else "keeps crashing"
+        text += f" (exit code {ended.get('exitCode', '?')}, {status.get('restartCount', 0)} restarts)"
+        line = _last_line(ended.get("message") or "")
+        return Observed("Pending", why, text + (f"; last log line: {line}" if line else ""))
+    return None
+
+
+def diagnose_pods(pods: list[dict[str, Any]]) -> Observed | None:
+    """Why the run's pods cannot start or keep failing, in Kubernetes' words; None when nothing is wrong.
+
+    Pods are read in name order so the same problem in several pods always names the same one."""
+    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("name"))):
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        name = str(pod["metadata"].get("name"))
+        status = pod.get("status") or {}
+        images = {c.get("name", ""): c.get("image", "") for c in (pod.get("spec") or {}).get("containers", [])}
+        for container in [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]:
+            problem = _container_problem(name, container, images)
+            if problem is not None:
+                return problem
+        scheduled = next((c for c in status.get("conditions", []) if c.get("type") == "PodScheduled"), None)
+        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            return Observed("Pending", "Unschedulable",
+                            f"pod {name} cannot be scheduled: {scheduled.get('message') or 'no node fits it'}")
+        if status.get("phase") == "Failed" and status.get("reason"):
+            return Observed("Pending", str(status["reason"]), f"pod {name} failed: {status.get('message') or ''}")
+    return None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one reconcile saw, from which the whole status follows."""
+
+    generation: int | None
+    rayjob_name: str
+    run_hash: str
+    rayjob: dict[str, Any] | None
+    """The RayJob of this run (None: not created yet)."""
+    pods: list[dict[str, Any]]
+    progress: dict[str, Any] | None = None
+    """Status fields read from MLflow for this run (None: not read yet)."""
+    tracking_error: str | None = None
+    """Why MLflow could not be read at the last try (None: it could, or was not tried)."""
+    note: Observed | None = None
+    """What the operator itself is doing when it is not what the RayJob says (replacing, waiting)."""
+    spec_observed: bool = True
+    """False while a spec change waits for the active run to end: observedGeneration stays."""
+
+
+def compute_status(current: dict[str, Any], seen: Observation, now: str) -> dict[str, Any]:
+    """The whole status (wire form) a resource should have, from its current status and what was seen."""
+    new_run = current.get("runHash") not in (None, seen.run_hash)
+    base = {"conditions": current.get("conditions") or []} if new_run else dict(current)
+    status: dict[str, Any] = {k: v for k, v in base.items() if k not in ("phase",)}
+    if seen.progress:
+        status.update(seen.progress)
+    if seen.rayjob is not None:
+        observed = observe_rayjob(seen.rayjob)
+    elif not new_run and current.get("phase") in TERMINAL_PHASES:
+        # The run ended and its RayJob was deleted since: its record stays as it ended.
+        conditions_now = status.get("conditions") or []
+        ended: dict[str, Any] = next((c for c in conditions_now if c.get("type") == current["phase"]), {})
+        observed = Observed(current["phase"], ended.get("reason", current["phase"]), ended.get("message", ""))
+    else:
+        observed = Observed("Pending", "Creating", "creating the RayJob")
+    trouble = diagnose_pods(seen.pods) if observed.phase in ("Pending", "Running") else None
+    if trouble is not None and observed.phase == "Pending":
+        observed = trouble  # what stops the pods first: it is what the user must fix
+    elif seen.note is not None:
+        observed = seen.note
+    conditions = set_condition(status.get("conditions") or [], "SpecValid", True, "Valid", "the spec is valid", now)
+    conditions = phase_conditions(conditions, observed, now)
+    if seen.pods and observed.phase in ("Pending", "Running"):
+        if trouble is None:
+            conditions = set_condition(conditions, "PodsHealthy", True, "PodsHealthy", "no pod reports a problem", now)
+        else:
+            conditions = set_condition(conditions, "PodsHealthy", False, trouble.reason, trouble.message, now)
+    if seen.tracking_error is not None:
+        conditions = set_condition(conditions, "MlflowReachable", False, "MlflowUnreachable", seen.tracking_error, now)
+    elif seen.progress is not None:
+        conditions = set_condition(conditions, "MlflowReachable", True, "Reachable", "progress is read from MLflow",
+                                   now)
+    status.update(phase=observed.phase, conditions=conditions, rayJobName=seen.rayjob_name, runHash=seen.run_hash)
+    status["observedGeneration"] = seen.generation if seen.spec_observed else current.get("observedGeneration")
+    rj_status = (seen.rayjob or {}).get("status") or {}
+    if rj_status.get("startTime") and not status.get("startTime"):
+        status["startTime"] = rj_status["startTime"]
+    if observed.phase in TERMINAL_PHASES and not status.get("completionTime"):
+        status["completionTime"] = rj_status.get("endTime") or now
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def invalid_status(current: dict[str, Any], generation: int | None, message: str, now: str) -> dict[str, Any]:
+    """The status of a spec that can never work: Failed, with SpecValid False naming the field."""
+    conditions = set_condition(current.get("conditions") or [], "SpecValid", False, "InvalidSpec", message, now)
+    conditions = phase_conditions(conditions, Observed("Failed", "InvalidSpec", message), now)
+    return {**current, "phase": "Failed", "conditions": conditions, "observedGeneration": generation}
+
+
+def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from one status to the other ({}: nothing to write)."""
+    patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
+    patch.update({k: None for k in current if k not in desired})
+    return patch
