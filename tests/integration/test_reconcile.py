@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from raylight.api import BestTrial, SweepProgress, TrialCounts
-from raylight.api.tags import TAG_PROGRESS, TAG_UID
+from raylight.api.tags import TAG_ERROR, TAG_PROGRESS, TAG_UID
 from tests.conftest import MlflowServer
 
-from .conftest import Cluster, OperatorProcess, wait_for
+from .conftest import REPO, Cluster, OperatorProcess, wait_for
 from .test_operator import conditions, gpu_sweep, rayjobs, status_of
 from .webhook import RayJobPolicy, rayjob_webhook
 
@@ -42,7 +43,7 @@ def policy(kube_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Ra
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
 
 
 def test_a_rayjob_change_during_a_slow_write_is_not_lost(
@@ -100,7 +101,7 @@ def test_a_policy_refusal_is_said_and_is_not_a_spec_error(
     assert kube_cluster.apply(gpu_sweep(), namespace).returncode == 0
     status = wait_for(lambda: (s := status_of(kube_cluster, "ts", "gpu-sweep", namespace)).get("conditions") and s,
                       what="a status")
-    wait_for(lambda: condition(status_of(kube_cluster, "ts", "gpu-sweep", namespace), "Running")["reason"]
+    wait_for(lambda: condition(status_of(kube_cluster, "ts", "gpu-sweep", namespace), "Running").get("reason")
              == "RayJobRefused", what="the refusal in status")
     status = status_of(kube_cluster, "ts", "gpu-sweep", namespace)
     assert status["phase"] == "Pending" and condition(status, "SpecValid")["status"] == "True"
@@ -127,7 +128,7 @@ def test_a_pod_that_cannot_pull_its_image_explains_pending(
         "name": "ray-worker", "image": "raylight-trainer:missing", "imageID": "", "ready": False, "restartCount": 0,
         "state": {"waiting": {"reason": "ImagePullBackOff",
                               "message": 'Back-off pulling image "raylight-trainer:missing"'}}}]})
-    wait_for(lambda: condition(status_of(kube_cluster, "ts", "gpu-sweep", namespace), "Running")["reason"]
+    wait_for(lambda: condition(status_of(kube_cluster, "ts", "gpu-sweep", namespace), "Running").get("reason")
              == "ImagePullBackOff", what="ImagePullBackOff in status")
     status = status_of(kube_cluster, "ts", "gpu-sweep", namespace)
     assert condition(status, "PodsHealthy")["status"] == "False"
@@ -181,7 +182,7 @@ def _outage(kube_cluster: Cluster, namespace: str, server: MlflowServer, operato
     server.stop()
     down_at = time.monotonic()
     wait_for(lambda: all(condition(status_of(kube_cluster, "ts", d["metadata"]["name"], namespace),
-                                   "MlflowReachable")["status"] == "False" for d in sweeps),
+                                   "MlflowReachable").get("status") == "False" for d in sweeps),
              timeout=30, what="MlflowReachable False on every sweep")
     # Reconciles go on: KubeRay finishes one sweep and the status follows at once.
     kube_cluster.patch_status("rayjob", "ts-s0", namespace,
@@ -200,3 +201,52 @@ def _outage(kube_cluster: Cluster, namespace: str, server: MlflowServer, operato
     assert condition(status, "MlflowReachable")["status"] == "True"
     assert status["progress"] == "1/12" and status["bestTrial"]["config"] == {"training.learningRate": 0.001}
     assert conditions(status_of(kube_cluster, "ts", "s2", namespace))["Running"] == "True"
+
+
+def _parent_run(mlflow_server: str, experiment: str, uid: str) -> tuple[MlflowClient, str, str]:
+    client = MlflowClient(mlflow_server)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    return client, experiment_id, client.create_run(experiment_id, tags={TAG_UID: uid}).info.run_id
+
+
+def test_a_resource_deleted_mid_run_ends_its_mlflow_runs_killed(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess, mlflow_server: str
+) -> None:
+    assert kube_cluster.apply(gpu_sweep(), namespace).returncode == 0
+    body = wait_for(lambda: kube_cluster.get("ts", "gpu-sweep", namespace), what="the sweep")
+    kube_cluster.patch_status("rayjob", "ts-gpu-sweep", namespace,
+                              {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    client, experiment_id, parent = _parent_run(mlflow_server, "vit-cifar10", body["metadata"]["uid"])
+    trial = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    finished = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    client.set_terminated(finished, "FINISHED")
+    wait_for(lambda: status_of(kube_cluster, "ts", "gpu-sweep", namespace).get("mlflow", {}).get("runId") == parent,
+             what="the parent run in status")
+    kube_cluster.kubectl("delete", "ts", "gpu-sweep", "-n", namespace)
+    wait_for(lambda: client.get_run(parent).info.status == "KILLED", what="the parent run KILLED")
+    assert client.get_run(trial).info.status == "KILLED"
+    assert client.get_run(finished).info.status == "FINISHED", "a trial that had ended keeps its state"
+
+
+def test_a_failed_run_says_why_in_the_trainers_words(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess, mlflow_server: str
+) -> None:
+    doc = yaml.safe_load((REPO / "examples" / "trainingjob.yaml").read_text())
+    assert kube_cluster.apply(doc, namespace).returncode == 0
+    body = wait_for(lambda: kube_cluster.get("tj", "vit-digits", namespace), what="the job")
+    wait_for(lambda: kube_cluster.get("rayjob", "tj-vit-digits", namespace), what="the RayJob")
+    kube_cluster.patch_status("rayjob", "tj-vit-digits", namespace,
+                              {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    wait_for(lambda: status_of(kube_cluster, "tj", "vit-digits", namespace).get("phase") == "Running")
+    experiment = doc["spec"].get("mlflow", {}).get("experiment") or "vit-digits"
+    client, _, run = _parent_run(mlflow_server, experiment, body["metadata"]["uid"])
+    client.set_tag(run, TAG_ERROR, "Traceback (most recent call last):\n  ...\nFileNotFoundError: /data/pets is empty")
+    client.set_terminated(run, "FAILED")
+    kube_cluster.patch_status("rayjob", "tj-vit-digits", namespace, {
+        "jobDeploymentStatus": "Complete", "jobStatus": "FAILED", "message": "Job failed"})
+    wait_for(lambda: "FileNotFoundError" in condition(status_of(kube_cluster, "tj", "vit-digits", namespace),
+                                                      "Failed").get("message", ""), what="the root cause")
+    status = status_of(kube_cluster, "tj", "vit-digits", namespace)
+    assert status["rootCause"] == "FileNotFoundError: /data/pets is empty"
+    assert condition(status, "Failed")["message"] == "Job failed: FileNotFoundError: /data/pets is empty"

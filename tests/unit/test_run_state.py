@@ -16,6 +16,16 @@ def test_interrupted_run_of_the_same_spec_resumes(tmp_path: Path) -> None:
     assert run_dir.exists()
 
 
+def test_a_recreated_resource_of_the_same_name_starts_over(tmp_path: Path) -> None:
+    run_dir = tmp_path / "job"
+    digest = spec_hash(TrialSpec())
+    save_state(run_dir, spec_hash=digest, run_id="r1", uid="uid-1")
+    assert claim_run_dir(run_dir, digest, fresh=False, uid="uid-1")["run_id"] == "r1", "the same resource resumes"
+    assert claim_run_dir(run_dir, digest, fresh=False, uid=None)["run_id"] == "r1", "raylight run has no uid"
+    assert claim_run_dir(run_dir, digest, fresh=False, uid="uid-2") == {}, "another resource of that name"
+    assert not run_dir.exists()
+
+
 def test_finished_changed_or_fresh_runs_start_over_and_keep_old_results(tmp_path: Path) -> None:
     run_dir = tmp_path / "job"
     digest = spec_hash(TrialSpec())

@@ -141,3 +141,10 @@ def test_a_finished_run_whose_rayjob_was_deleted_keeps_its_record() -> None:
     done = compute_status({}, seen(rayjob("Complete", "SUCCEEDED")), "T1")
     after = compute_status(done, seen(None), "T2")
     assert status_patch(done, after) == {}, "nothing about the ended run changes"
+
+
+def test_a_failed_run_says_the_root_cause_the_trainer_recorded() -> None:
+    failed = compute_status({"phase": "Running"}, seen(rayjob("Complete", "FAILED", message="Job failed"), progress={
+        "rootCause": "FileNotFoundError: /data/pets does not exist"}), "T")
+    condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert condition["message"] == "Job failed: FileNotFoundError: /data/pets does not exist"

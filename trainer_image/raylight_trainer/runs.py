@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from raylight.api import TrainingJob
+from raylight.api.tags import TAG_ERROR
 
 from .attributions import attribute_on_cluster
 from .resources import check_fits
@@ -78,15 +79,17 @@ def spec_hash(spec: BaseModel) -> str:
     return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def claim_run_dir(run_dir: Path, digest: str, fresh: bool) -> dict[str, Any]:
+def claim_run_dir(run_dir: Path, digest: str, fresh: bool, uid: str | None = None) -> dict[str, Any]:
     """The saved state of an interrupted run of the same spec, to resume; else {}.
 
-    A finished run, a changed spec or `fresh` starts over: earlier results are moved aside
-    (kept, never mixed with the new run's).
+    A finished run, a changed spec, another resource of the same name (a deleted and re-created
+    one: its uid differs, and the operator finds runs by uid) or `fresh` starts over: earlier
+    results are moved aside (kept, never mixed with the new run's).
     """
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if state.get("spec_hash") == digest and not state.get("finished") and not fresh:
+    same_resource = uid is None or state.get("uid") in (None, uid)
+    if state.get("spec_hash") == digest and not state.get("finished") and not fresh and same_resource:
         return dict(state)
     if run_dir.exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -138,7 +141,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     check_fits(spec, ray.cluster_resources(), _node_resources())
     run_dir = settings.storage_path / namespace / name
     digest = spec_hash(spec)
-    saved = claim_run_dir(run_dir, digest, fresh)
+    saved = claim_run_dir(run_dir, digest, fresh, job.metadata.uid)
     client = MlflowClient(settings.tracking_uri)
     experiment_name = spec.mlflow.experiment or name
     experiment_id = ensure_experiment(client, experiment_name, settings.artifact_root)
@@ -146,7 +149,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     if created:
         tags = resource_tags("TrainingJob", name, namespace, job.metadata.uid)
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        save_state(run_dir, spec_hash=digest, run_id=run_id)
+        save_state(run_dir, spec_hash=digest, run_id=run_id, uid=job.metadata.uid)
     else:
         run_id = saved["run_id"]
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -184,7 +187,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     state = "failed" if error else "succeeded"
     client.set_tag(run_id, TAG_STATE, state)
     if error:
-        client.set_tag(run_id, "raylight.error", error[:5000])
+        client.set_tag(run_id, TAG_ERROR, error[:5000])
     set_final(client, run_id, RunStatus.to_string(RunStatus.FAILED if error else RunStatus.FINISHED))
     save_state(run_dir, finished=True)
     last = {key: values_[-1][1] for key, values_ in history.items() if values_}

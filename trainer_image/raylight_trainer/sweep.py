@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raylight.api import BestTrial, Distribution, SweepProgress, TrialCounts, TrialSpec, TuneSweep, apply_overrides
+from raylight.api.tags import TAG_ERROR
 
 from .attributions import attribute_on_cluster
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
@@ -150,7 +151,7 @@ def run_sweep(
                                         spec.num_samples)
     experiment_dir = settings.storage_path / namespace / name
     digest = spec_hash(sweep.spec)
-    state = claim_run_dir(experiment_dir, digest, fresh)
+    state = claim_run_dir(experiment_dir, digest, fresh, sweep.metadata.uid)
     resumable = bool(state) and tune.Tuner.can_restore(str(experiment_dir))
 
     client = MlflowClient(settings.tracking_uri)
@@ -177,7 +178,7 @@ def run_sweep(
         })
         log_yaml(client, parent_run_id, sweep.model_dump(mode="json", by_alias=True, exclude_none=True),
                  "tunesweep.yaml")
-        save_state(experiment_dir, spec_hash=digest, parent_run_id=parent_run_id)
+        save_state(experiment_dir, spec_hash=digest, parent_run_id=parent_run_id, uid=sweep.metadata.uid)
 
     context = TrialContext(
         sweep_name=name,
@@ -252,6 +253,9 @@ def run_sweep(
         client.log_metric(parent_run_id, f"trials_{key}", value)
     write_progress(client, parent_run_id, _final_progress(result, spec.num_samples))
     failed_all = counts["failed"] == counts["total"]
+    first_error = next((t.error for t in result.trials if t.error), None)
+    if failed_all and first_error:  # the sweep's root cause, where the operator reads it
+        client.set_tag(parent_run_id, TAG_ERROR, first_error)
     set_final(client, parent_run_id, "FAILED" if failed_all else "FINISHED")
     save_state(experiment_dir, finished=True)
     result.wall_seconds = time.monotonic() - started
@@ -336,6 +340,6 @@ def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: 
         client.set_tag(run_id, TAG_STATE, trial.state)
         client.set_tag(run_id, TAG_STOPPED_EARLY, str(trial.state == "stopped_early").lower())
         if trial.error:
-            client.set_tag(run_id, "raylight.error", trial.error)
+            client.set_tag(run_id, TAG_ERROR, trial.error)
         final = {"failed": "FAILED", "running": "KILLED", "pending": "KILLED"}.get(trial.state, "FINISHED")
         set_final(client, run_id, final)

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from raylight.api import BestTrial, SweepProgress, TrialCounts
-from raylight.api.tags import TAG_PROGRESS
+from raylight.api.tags import TAG_ERROR, TAG_PROGRESS
 
 from .runs import set_final
 from .tracking import TAG_STATE, TAG_STOPPED_EARLY, TAG_TRIAL_ID, find_run
@@ -105,7 +105,7 @@ class ProgressReporter(tune.Callback):
             self.client.set_tag(run_id, TAG_STATE, state)
             self.client.set_tag(run_id, TAG_STOPPED_EARLY, str(state == "stopped_early").lower())
             if error:
-                self.client.set_tag(run_id, "raylight.error", error)
+                self.client.set_tag(run_id, TAG_ERROR, error)
             set_final(self.client, run_id, _FINAL_STATUS[state])
         except Exception as exc:
             log.warning("could not end the MLflow run of trial %s: %s", trial.trial_id, exc)

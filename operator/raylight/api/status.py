@@ -81,6 +81,8 @@ class ResourceStatus(SpecModel):
     """RFC 3339 time training started."""
     completion_time: str | None = None
     """RFC 3339 time it succeeded or failed."""
+    root_cause: str | None = None
+    """Why a failed run failed, as the trainer recorded it (the last line of the error)."""
     mlflow: MlflowRef = Field(default_factory=MlflowRef)
 
 

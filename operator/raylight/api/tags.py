@@ -14,3 +14,5 @@ TAG_UID = "raylight.uid"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 # A sweep's parent run: its SweepProgress as JSON, updated as trials report and end.
 TAG_PROGRESS = "raylight.progress"
+# A failed run (a TrainingJob's, or a sweep whose every trial failed): the root cause, one line.
+TAG_ERROR = "raylight.error"

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from raylight.api import SweepProgress, TrainingJob, TuneSweep
 from raylight.api.manifest import Resource
-from raylight.api.tags import TAG_PARENT_RUN_ID, TAG_PROGRESS, TAG_UID
+from raylight.api.tags import TAG_ERROR, TAG_PARENT_RUN_ID, TAG_PROGRESS, TAG_UID
 
 _TIMEOUT_S = 10
 _MAX_PAUSE_S = 60.0
@@ -139,6 +139,9 @@ def read_progress(resource: Resource, tracking_uri: str, known: dict[str, Any] |
     run_id = run["info"]["run_id"]
     experiment_id = experiment_id or run["info"].get("experiment_id")
     status: dict[str, Any] = {"mlflow": {"trackingUri": tracking_uri, "experimentId": experiment_id, "runId": run_id}}
+    error_lines = [line.strip() for line in _tags(run).get(TAG_ERROR, "").splitlines() if line.strip()]
+    if error_lines:
+        status["rootCause"] = error_lines[-1][:1024]  # the exception's own line, within the schema's bound
     metric = spec.objective.metric
     if isinstance(resource, TrainingJob):
         metrics = _metrics(run)

@@ -185,6 +185,9 @@ def compute_status(current: dict[str, Any], seen: Observation, now: str) -> dict
         observed = trouble  # what stops the pods first: it is what the user must fix
     elif seen.note is not None:
         observed = seen.note
+    if observed.phase == "Failed" and status.get("rootCause"):
+        # KubeRay knows the job failed; the trainer knows why.
+        observed = Observed("Failed", observed.reason, f"{observed.message}: {status['rootCause']}")
     conditions = set_condition(status.get("conditions") or [], "SpecValid", True, "Valid", "the spec is valid", now)
     conditions = phase_conditions(conditions, observed, now)
     if seen.pods and observed.phase in ("Pending", "Running"):
