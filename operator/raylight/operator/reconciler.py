@@ -92,6 +92,9 @@ class Plan:
     """What the operator is doing, when the RayJob's own status does not say it."""
     spec_observed: bool = True
     requeue_after: float | None = None
+    created: bool = False
+    """The RayJob of a new resource was just created: its status can wait for the RayJob's
+    event, which requeues the key behind other new resources (RayJobs first in a burst)."""
 
 
 class Reconciler:
@@ -130,6 +133,8 @@ class Reconciler:
                 note = Observed("Pending", "RayJobRefused",
                                 f"the API server refused RayJob {rayjob['metadata']['name']}: {api_message(exc)}")
                 plan = Plan(self.cache.rayjob(key), note, requeue_after=REFUSED_RETRY_S)
+            if plan.created:
+                return Outcome(ACTIVE_RESYNC_S)  # the RayJob's ADDED event brings the status write
             return self._write_status(key, body, resource, rayjob, plan)
         except ApiException as exc:
             if exc.status == 404:
@@ -148,8 +153,11 @@ class Reconciler:
         digest = rayjob["metadata"]["annotations"][RUN_HASH_ANNOTATION]
         key = (body["kind"], meta["namespace"], meta["name"])
         existing = self.cache.rayjob(key)
-        if existing is None or existing["metadata"].get("name") != name:
-            existing = self.kube.get_rayjob(namespace, name)  # the cache may not have seen it yet
+        if (existing is None or existing["metadata"].get("name") != name) and status.get("rayJobName"):
+            # The cache may not have seen it yet. A resource never applied has none to see: an
+            # apply creates it (and would be a no-op on one that exists), which spares a burst
+            # of new resources one request each.
+            existing = self.kube.get_rayjob(namespace, name)
         same_run = status.get("runHash") == digest
         if existing is None and same_run and status.get("phase") in TERMINAL_PHASES:
             # This run ended and its RayJob was deleted since (KubeRay's TTL removes only the Ray
@@ -180,8 +188,8 @@ class Reconciler:
         self.kube.apply_configmap(configmap)
         log.info("applied RayJob %s/%s and its ConfigMap (%s)", namespace, name,
                  "created" if existing is None else "changed")
-        if existing is None:
-            return Plan(rayjob, _recreated_note(rayjob))  # created: no status from KubeRay yet
+        if existing is None:  # created: no status from KubeRay yet
+            return Plan(rayjob, _recreated_note(rayjob), created=status.get("rayJobName") is None)
         # KubeRay's last status under the spec just applied (a suspend flag may have flipped;
         # under Kueue the flag is Kueue's and stays as it was).
         suspend = rayjob["spec"].get("suspend", existing["spec"].get("suspend", False))
