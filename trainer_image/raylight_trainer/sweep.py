@@ -21,7 +21,7 @@ from raylight.api.tags import TAG_ERROR
 from .attributions import attribute_on_cluster
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
 from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash, with_run
-from .sweep_progress import ProgressReporter, trial_error, write_progress
+from .sweep_progress import ProgressReporter, trial_error, trial_state, write_progress
 from .tracking import (
     TAG_BEST_TRIAL_ID,
     TAG_KIND,
@@ -292,18 +292,9 @@ def _outcomes(experiment_dir: Path, max_t: int, metric: str, mode: str) -> list[
         best_value: float | None = None
         if metric in (trial.metric_analysis or {}):
             best_value = float(trial.metric_analysis[metric][mode])
-        if trial.status == "ERROR":
-            state = "failed"
-        elif trial.status == "TERMINATED":
-            state = "succeeded" if epochs >= max_t else "stopped_early"
-        elif trial.status == "RUNNING":
-            state = "running"
-        else:
-            state = "pending"
-        error = None
-        if trial.status == "ERROR":
-            error = trial_error(trial)
-        outcomes.append(TrialOutcome(trial.trial_id, state, epochs, best_value, dict(trial.config), error=error))
+        error = trial_error(trial) if trial.status == "ERROR" else None
+        outcomes.append(TrialOutcome(trial.trial_id, trial_state(trial, max_t), epochs, best_value,
+                                     dict(trial.config), error=error))
     return sorted(outcomes, key=lambda t: t.trial_id)
 
 

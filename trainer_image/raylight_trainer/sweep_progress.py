@@ -35,6 +35,14 @@ def trial_error(trial: Any) -> str:
     return "trial failed (no error file)"
 
 
+def trial_state(trial: Any, max_t: int) -> str:
+    """A Tune trial's state as the api counts it (a trial that ended before maxT was stopped early)."""
+    if trial.status == "TERMINATED":
+        epochs = int((trial.last_result or {}).get("epochs", 0) or 0)
+        return "succeeded" if epochs >= max_t else "stopped_early"
+    return {"ERROR": "failed", "RUNNING": "running"}.get(trial.status, "pending")
+
+
 def write_progress(client: MlflowClient, parent_run_id: str, progress: SweepProgress) -> None:
     client.set_tag(parent_run_id, TAG_PROGRESS, progress.model_dump_json(by_alias=True, exclude_none=True))
 
@@ -70,7 +78,7 @@ class ProgressReporter(tune.Callback):
         counts = TrialCounts(total=self.num_samples, pending=max(0, self.num_samples - len(trials)))
         best: BestTrial | None = None
         for trial in trials:
-            state = self._ended.get(trial.trial_id) or self._state(trial)
+            state = self._ended.get(trial.trial_id) or trial_state(trial, self.max_t)
             setattr(counts, state, getattr(counts, state) + 1)
             value = ((trial.metric_analysis or {}).get(self.metric) or {}).get(self.mode)
             if value is None or not math.isfinite(float(value)):
@@ -79,11 +87,6 @@ class ProgressReporter(tune.Callback):
                 best = BestTrial(id=trial.trial_id, metric=float(value), config=dict(trial.config))
         return SweepProgress(trials=counts, best_trial=best)
 
-    def _state(self, trial: Any) -> str:
-        if trial.status == "TERMINATED":
-            epochs = int((trial.last_result or {}).get("epochs", 0) or 0)
-            return "succeeded" if epochs >= self.max_t else "stopped_early"
-        return {"ERROR": "failed", "RUNNING": "running"}.get(trial.status, "pending")
 
     def _report(self, trials: list[Any]) -> None:
         progress = self.progress(trials)
