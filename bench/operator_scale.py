@@ -91,6 +91,10 @@ def run_size(api: client.CustomObjectsApi, core: client.CoreV1Api, n: int, rate:
             pool.submit(create, index)
     creates_done = time.perf_counter()
     finished = all_seen.wait(timeout=600)
+    # The status writes come after the RayJobs in a burst: when has every sweep its status?
+    wait_until(lambda: _listed(api, namespace, "tunesweeps", lambda b: (b.get("status") or {})
+                               .get("observedGeneration")), n, "every status written", poll=0.5)
+    statuses_done = time.perf_counter()
     latencies = [seen[name] - created[name] for name in created if name in seen]
     result = {
         "n": n,
@@ -99,6 +103,7 @@ def run_size(api: client.CustomObjectsApi, core: client.CoreV1Api, n: int, rate:
         "all_created": finished,
         "create_seconds": round(creates_done - start, 2),
         "total_seconds": round(max(seen.values()) - start, 2) if seen else None,
+        "all_statuses_seconds": round(statuses_done - start, 2),
         "latency_p50_s": round(percentile(latencies, 50), 3),
         "latency_p99_s": round(percentile(latencies, 99), 3),
         "latency_max_s": round(max(latencies), 3),
@@ -214,7 +219,7 @@ def _listed(api: client.CustomObjectsApi, namespace: str, plural: str, keep: Any
     return {b["metadata"]["name"]: b for b in items if keep(b)}
 
 
-def wait_until(found: Any, n: int, what: str, timeout: float = 600) -> dict[str, dict[str, Any]]:
+def wait_until(found: Any, n: int, what: str, timeout: float = 600, poll: float = 2) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         current = found()
@@ -222,7 +227,7 @@ def wait_until(found: Any, n: int, what: str, timeout: float = 600) -> dict[str,
             return dict(current)
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}: {len(current)}/{n}")
-        time.sleep(2)
+        time.sleep(poll)
 
 
 def start_mlflow(directory: Path) -> tuple[subprocess.Popen[bytes], str]:

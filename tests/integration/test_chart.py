@@ -70,6 +70,9 @@ def test_rules_are_least_privilege(kube_cluster: Cluster) -> None:
                 if {"pods", "trainingjobs", "tunesweeps"} & set(rule["resources"]):
                     # Pods are read to explain a run; our resources only watched (status is its own).
                     assert set(rule["verbs"]) == {"get", "list", "watch"}, rule
+                if "events" in rule["resources"]:
+                    # Posted, and a stuck pod's Warnings read: never changed or deleted.
+                    assert set(rule["verbs"]) == {"create", "list"}, rule
 
 
 def test_hardened_by_default(kube_cluster: Cluster) -> None:

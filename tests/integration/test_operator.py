@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from raylight.api import parse_resource
-from raylight.operator.builder import build_configmap, build_rayjob
+from raylight.operator.builder import MANIFEST_ANNOTATION, MANIFEST_VOLUME, build_rayjob
 
 from .conftest import REPO, Cluster, OperatorProcess, wait_for
 
@@ -63,7 +63,6 @@ def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, operator: Operat
     settings = _settings(operator)
     rayjob = kube_cluster.get("rayjob", "ts-gpu-sweep", namespace)
     contains(rayjob, build_rayjob(resource, settings))  # the RayJob is the builder's (golden-tested) output
-    contains(kube_cluster.get("configmap", "ts-gpu-sweep", namespace), build_configmap(resource, settings))
     status = wait_for(lambda: status_of(kube_cluster, "ts", "gpu-sweep", namespace).get("phase") == "Pending"
                       and status_of(kube_cluster, "ts", "gpu-sweep", namespace), what="phase Pending")
     assert status["observedGeneration"] == body["metadata"]["generation"]
@@ -174,7 +173,6 @@ def test_invalid_spec_fails_and_creates_nothing(kube_cluster: Cluster, namespace
     assert spec_valid["status"] == "False" and spec_valid["reason"] == "InvalidSpec"
     assert spec_valid["message"].startswith("spec.trial.model") and "multiple of patchSize" in spec_valid["message"]
     assert rayjobs(kube_cluster, namespace) == []
-    assert kube_cluster.list("configmaps", namespace, "app.kubernetes.io/managed-by=raylight-operator") == []
     assert any(e["reason"] == "InvalidSpec" for e in kube_cluster.list("events", namespace))
 
 
@@ -184,8 +182,6 @@ def test_delete_removes_what_it_created(kube_cluster: Cluster, namespace: str, o
     kube_cluster.kubectl("delete", "ts", "gpu-sweep", "-n", namespace)
     # kube-controller-manager's garbage collector follows our ownerReferences.
     wait_for(lambda: not rayjobs(kube_cluster, namespace), timeout=60, what="the RayJob to be collected")
-    wait_for(lambda: kube_cluster.get("configmap", "ts-gpu-sweep", namespace) is None, timeout=60,
-             what="the ConfigMap to be collected")
 
 
 def test_operator_killed_mid_flow_converges(kube_cluster: Cluster, namespace: str,
@@ -233,7 +229,11 @@ def test_kuberay_turns_the_rayjob_into_gpu_pods(kube_cluster: Cluster, kuberay: 
     head = kube_cluster.list("pods", namespace, "raylight.dev/name=on-kuberay,raylight.dev/role=head")
     assert len(head) == 1
     assert "nvidia.com/gpu" not in head[0]["spec"]["containers"][0]["resources"].get("limits", {})
-    assert any(v.get("configMap", {}).get("name") == "ts-on-kuberay" for v in head[0]["spec"]["volumes"])
+    # The trainer's manifest reaches the head pod through KubeRay: the annotation, and the volume
+    # that shows it as a file.
+    manifest = yaml.safe_load(head[0]["metadata"]["annotations"][MANIFEST_ANNOTATION])
+    assert manifest["kind"] == "TuneSweep" and manifest["metadata"]["name"] == "on-kuberay"
+    assert any(v["name"] == MANIFEST_VOLUME and "downwardAPI" in v for v in head[0]["spec"]["volumes"])
     rayjob = kube_cluster.get("rayjob", "ts-on-kuberay", namespace)
     assert rayjob is not None and rayjob["status"]["jobDeploymentStatus"] == "Initializing"
     status = status_of(kube_cluster, "ts", "on-kuberay", namespace)
@@ -288,4 +288,3 @@ def test_what_the_rayjob_schema_refuses_fails_the_resource_and_leaves_nothing(
     assert spec_valid["message"].startswith("spec.cluster: KubeRay's RayJob refuses it")
     assert "claimName" in spec_valid["message"]
     assert rayjobs(kube_cluster, namespace) == []
-    assert kube_cluster.list("configmaps", namespace, "app.kubernetes.io/managed-by=raylight-operator") == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -42,16 +43,20 @@ def tiny_sweep(experiment: str) -> dict[str, Any]:
     }
 
 
-def head_container_command(rayjob: dict[str, Any], configmap: dict[str, Any],
-                           root: Path) -> tuple[list[str], dict[str, str]]:
-    """The entrypoint with the head pod's filesystem mapped under `root`: the ConfigMap's files
-    where the manifest volume is mounted, pod-local paths under root."""
-    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+def head_container_command(rayjob: dict[str, Any], root: Path) -> tuple[list[str], dict[str, str]]:
+    """The entrypoint with the head pod's filesystem mapped under `root`: the manifest volume's
+    files where it is mounted (each item the annotation it names, as the kubelet writes them),
+    pod-local paths under root."""
+    template = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    head = template["spec"]["containers"][0]
     mount = next(m for m in head["volumeMounts"] if m["name"] == MANIFEST_VOLUME)
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == MANIFEST_VOLUME)
     mounted = root / mount["mountPath"].lstrip("/")
     mounted.mkdir(parents=True)
-    for name, text in configmap["data"].items():
-        (mounted / name).write_text(text)
+    for item in volume["downwardAPI"]["items"]:
+        annotation = re.fullmatch(r"metadata\.annotations\['(.+)'\]", item["fieldRef"]["fieldPath"])
+        assert annotation, item
+        (mounted / item["path"]).write_text(template["metadata"]["annotations"][annotation.group(1)])
     args = shlex.split(rayjob["spec"]["entrypoint"])
     assert args[:3] == ["python", "-m", "raylight_trainer"]
     local = [sys.executable, *args[1:]]
@@ -70,9 +75,7 @@ def test_rendered_rayjob_trains_and_status_reads_back(
     experiment = f"seam-{namespace}"
     assert kube_cluster.apply(tiny_sweep(experiment), namespace).returncode == 0
     rayjob = wait_for(lambda: kube_cluster.get("rayjob", "ts-seam", namespace), what="the RayJob")
-    configmap = kube_cluster.get("configmap", "ts-seam", namespace)
-    assert configmap is not None
-    command, env = head_container_command(rayjob, configmap, tmp_path / "pod")
+    command, env = head_container_command(rayjob, tmp_path / "pod")
     Path(command[command.index("--data-dir") + 1]).mkdir(parents=True)  # the dataset volume's mount point
 
     # KubeRay marks the job running as it submits it.
@@ -115,5 +118,5 @@ def test_rendered_rayjob_trains_and_status_reads_back(
     assert status["mlflow"] == {"trackingUri": operator.tracking_uri,
                                 "experimentId": summary["mlflow"]["experimentId"],
                                 "runId": summary["mlflow"]["parentRunId"]}
-    manifest = yaml.safe_load(configmap["data"]["manifest.yaml"])
+    manifest = yaml.safe_load((tmp_path / "pod" / "etc" / "raylight" / "manifest.yaml").read_text())
     assert manifest["metadata"]["uid"] == rayjob["metadata"]["ownerReferences"][0]["uid"]

@@ -1,4 +1,4 @@
-"""build_rayjob / build_configmap are pure: each example manifest has a golden RayJob and ConfigMap.
+"""build_rayjob is pure: each example manifest has a golden RayJob (the trainer's manifest inside).
 
 Regenerate after an intended change with RAYLIGHT_UPDATE_GOLDEN=1 and review the diff."""
 
@@ -13,10 +13,10 @@ import yaml
 
 from raylight.api import load_manifests, parse_resource
 from raylight.operator.builder import (
+    MANIFEST_ANNOTATION,
     MAX_RAYJOB_NAME,
     BuildError,
     OperatorSettings,
-    build_configmap,
     build_rayjob,
     rayjob_name,
     run_hash,
@@ -58,8 +58,7 @@ def example(name: str) -> Any:
 @pytest.mark.parametrize("name", [p.name for p in CLUSTER_MANIFESTS])
 def test_golden(name: str) -> None:
     resource = example(name)
-    rendered = yaml.dump_all([build_rayjob(resource, SETTINGS), build_configmap(resource, SETTINGS)],
-                             Dumper=_Readable, sort_keys=True)
+    rendered = yaml.dump(build_rayjob(resource, SETTINGS), Dumper=_Readable, sort_keys=True)
     golden = GOLDEN / f"{Path(name).stem}.yaml"
     if os.environ.get("RAYLIGHT_UPDATE_GOLDEN"):
         golden.write_text(rendered)
@@ -86,7 +85,11 @@ def test_gpu_sweep_asks_for_gpus_where_they_are() -> None:
 
 def test_trainer_gets_the_resource_with_operator_defaults() -> None:
     resource = example("cluster-quickstart.yaml")
-    manifest = yaml.safe_load(build_configmap(resource, SETTINGS)["data"]["manifest.yaml"])
+    head = build_rayjob(resource, SETTINGS)["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    manifest = yaml.safe_load(head["metadata"]["annotations"][MANIFEST_ANNOTATION])
+    volume = next(v for v in head["spec"]["volumes"] if "downwardAPI" in v)
+    assert volume["downwardAPI"]["items"] == [
+        {"path": "manifest.yaml", "fieldRef": {"fieldPath": f"metadata.annotations['{MANIFEST_ANNOTATION}']"}}]
     assert manifest["spec"]["mlflow"]["trackingUri"] == "http://mlflow.mlflow:5000"
     assert manifest["metadata"]["uid"] == UID
     reparsed = parse_resource(manifest)

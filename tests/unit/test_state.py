@@ -10,6 +10,7 @@ from raylight.operator.state import (
     Observation,
     Observed,
     compute_status,
+    creating_since,
     diagnose_pods,
     observe_rayjob,
     status_patch,
@@ -148,3 +149,22 @@ def test_a_failed_run_says_the_root_cause_the_trainer_recorded() -> None:
         "rootCause": "FileNotFoundError: /data/pets does not exist"}), "T")
     condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
     assert condition["message"] == "Job failed: FileNotFoundError: /data/pets does not exist"
+
+
+def test_a_pod_stuck_being_created_says_the_kubelets_warning() -> None:
+    scheduled = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-26T10:00:00Z"}]
+    stuck = waiting_pod("head", "ContainerCreating")
+    stuck["status"]["conditions"] = scheduled
+    assert creating_since(stuck) is not None and creating_since(stuck).minute == 0  # type: ignore[union-attr]
+    assert creating_since(waiting_pod("w", "ContainerCreating")) is None, "not scheduled yet: the scheduler's to say"
+    pulling = waiting_pod("w", "ImagePullBackOff")
+    pulling["status"]["conditions"] = scheduled
+    assert creating_since(pulling) is None, "its own reason says it already"
+    assert diagnose_pods([stuck]) is None, "no Warning read: nothing to say yet"
+    stuck["status"]["warning"] = {"reason": "FailedMount",
+                                  "message": 'MountVolume.SetUp failed for volume "creds" : secret "creds" not found'}
+    status = compute_status({}, seen(rayjob("Initializing"), pods=[stuck]), "T")
+    pending = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert status["phase"] == "Pending" and pending["reason"] == "FailedMount"
+    assert pending["message"] == ('pod head cannot start: MountVolume.SetUp failed for volume "creds" : '
+                                  'secret "creds" not found')

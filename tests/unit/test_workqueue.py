@@ -106,3 +106,58 @@ def test_an_add_while_a_requeue_is_pending_wakes_a_worker_not_the_timer() -> Non
             wait_for(lambda r=round_: len(calls) == r, timeout=5, what=f"reconcile {round_}")
     finally:
         queue.stop()
+
+
+def test_urgent_keys_go_first_and_a_promoted_key_runs_once() -> None:
+    order: list[Hashable] = []
+    gate = threading.Event()
+
+    def reconcile(key: Hashable) -> Outcome:
+        if key == "blocker":
+            gate.wait(5)
+        order.append(key)
+        return Outcome()
+
+    queue = WorkQueue(reconcile, workers=1)
+    queue.start()
+    try:
+        queue.add("blocker")  # holds the one worker while the others queue up
+        wait_for(lambda: len(queue) == 0, timeout=5, what="the blocker taken")
+        for key in ("status-1", "status-2", "promoted"):
+            queue.add(key)
+        queue.add("new-1", urgent=True)
+        queue.add("promoted", urgent=True)  # already queued: moves ahead, stays queued once
+        queue.add("new-2", urgent=True)
+        queue.add("new-1")  # a normal add does not demote it
+        assert len(queue) == 5
+        gate.set()
+        wait_for(lambda: len(order) >= 6, timeout=5, what="every key reconciled")
+        time.sleep(0.2)
+        assert order == ["blocker", "new-1", "promoted", "new-2", "status-1", "status-2"]
+    finally:
+        queue.stop()
+
+
+def test_an_urgent_add_during_a_reconcile_comes_back_urgent() -> None:
+    order: list[Hashable] = []
+    inside, release = threading.Event(), threading.Event()
+
+    def reconcile(key: Hashable) -> Outcome:
+        if key == "a" and not inside.is_set():
+            inside.set()
+            release.wait(5)
+        order.append(key)
+        return Outcome()
+
+    queue = WorkQueue(reconcile, workers=1)
+    queue.start()
+    try:
+        queue.add("a")
+        assert inside.wait(5)
+        queue.add("b")
+        queue.add("a", urgent=True)  # while "a" runs: it is dirty, and urgent when it comes back
+        release.set()
+        wait_for(lambda: len(order) >= 3, timeout=5, what="three reconciles")
+        assert order == ["a", "a", "b"]
+    finally:
+        queue.stop()

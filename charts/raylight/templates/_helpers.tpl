@@ -74,9 +74,6 @@ capabilities: {drop: [ALL]}
   resources: [pods]
   verbs: [get, list, watch]                 # why a run's pods cannot start, into its status
 - apiGroups: [""]
-  resources: [configmaps]
-  verbs: [create, patch]                    # the manifest ConfigMap, server-side applied
-- apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]                     # list: the kubelet's word on a pod stuck being created
 {{- end -}}

@@ -41,7 +41,8 @@ def owner_key(metadata: Mapping[str, Any]) -> Key | None:
 def _trim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
     return {
-        "metadata": {k: body["metadata"].get(k) for k in ("name", "labels", "creationTimestamp", "deletionTimestamp")},
+        "metadata": {k: body["metadata"].get(k) for k in ("name", "uid", "labels", "creationTimestamp",
+                                                          "deletionTimestamp")},
         "spec": {"containers": [{"name": c.get("name"), "image": c.get("image")}
                                 for c in (body.get("spec") or {}).get("containers", [])]},
         "status": {k: copy.deepcopy(status[k]) for k in ("phase", "conditions", "containerStatuses",
@@ -56,6 +57,18 @@ class ObjectCache:
         self._resources: dict[Key, dict[str, Any]] = {}
         self._rayjobs: dict[Key, dict[str, Any]] = {}
         self._pods: dict[Key, dict[str, dict[str, Any]]] = {}
+        self._written: dict[Key, str] = {}  # the resourceVersion our last status write made
+
+    def wrote_status(self, key: Key, resource_version: str) -> None:
+        """Our status write made this version: its watch event is our own echo."""
+        with self._lock:
+            self._written[key] = resource_version
+
+    def is_own_write(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """The event shows the version our last status write made, nothing since: the reconcile
+        that wrote it already saw everything in it, so this event needs no reconcile."""
+        with self._lock:
+            return self._written.pop(key, None) == body["metadata"].get("resourceVersion")
 
     def put_resource(self, body: Mapping[str, Any]) -> Key:
         metadata = body["metadata"]
@@ -69,6 +82,7 @@ class ObjectCache:
 
     def drop_resource(self, key: Key) -> dict[str, Any] | None:
         with self._lock:
+            self._written.pop(key, None)
             return self._resources.pop(key, None)
 
     def resource(self, key: Key) -> dict[str, Any] | None:

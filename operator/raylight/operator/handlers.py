@@ -22,6 +22,7 @@ from . import metrics
 from .builder import LABEL_KIND, MANAGED_BY, OperatorSettings
 from .cache import Key, ObjectCache
 from .election import LeaderElector
+from .events import EventRecorder
 from .kube import PLURALS, Kube
 from .progress import ProgressPoller, end_runs
 from .reconciler import Reconciler
@@ -48,7 +49,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.queue.add(key)
 
     memo.poller = ProgressPoller(PROGRESS_INTERVAL_S, on_change=enqueue)
-    reconciler = Reconciler(memo.kube, memo.cache, memo.settings, memo.poller)
+    memo.events = EventRecorder(memo.kube)
+    reconciler = Reconciler(memo.kube, memo.cache, memo.settings, memo.poller, memo.events)
     memo.elector = None
     lease = getattr(memo, "lease", None)
     if lease is not None:
@@ -59,6 +61,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.elector = LeaderElector(memo.kube.api, name=lease[1], namespace=lease[0], on_started_leading=lead)
     gate = (lambda: memo.elector.leading) if memo.elector is not None else None
     memo.queue = WorkQueue(reconciler, workers, on_error=_log_failure, gate=gate)
+    memo.events.start()
     memo.queue.start()
     memo.poller.start()
     if memo.elector is not None:
@@ -73,6 +76,7 @@ def shut_down(memo: kopf.Memo, **_: Any) -> None:
         memo.elector.stop()  # hands the Lease back: a standby takes over at once
     memo.queue.stop()
     memo.poller.stop()
+    memo.events.stop()
     memo.cleanup.shutdown(wait=True, cancel_futures=False)
 
 
@@ -94,8 +98,12 @@ async def resource_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_
         memo.cleanup.submit(end_runs, dict(body), memo.settings)
         return
     key = memo.cache.put_resource(body)
-    metrics.set_phase(key, (body.get("status") or {}).get("phase") or "Pending")
-    memo.queue.add(key)
+    status = body.get("status") or {}
+    metrics.set_phase(key, status.get("phase") or "Pending")
+    if type == "MODIFIED" and memo.cache.is_own_write(key, body):
+        return
+    # A user's create or spec change goes ahead of status writes and resyncs.
+    memo.queue.add(key, urgent=status.get("observedGeneration") != body["metadata"].get("generation"))
 
 
 async def rayjob_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:

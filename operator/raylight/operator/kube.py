@@ -41,12 +41,6 @@ class Kube:
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
 
-    def apply_configmap(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        self.core.patch_namespaced_config_map(
-            meta["name"], meta["namespace"], body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
-        )
-
     def apply_rayjob(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         self.custom.patch_namespaced_custom_object(
@@ -71,16 +65,30 @@ class Kube:
                 raise
 
     def patch_status(self, kind: str, namespace: str, name: str, resource_version: str | None,
-                     patch: dict[str, Any]) -> None:
+                     patch: dict[str, Any]) -> str:
         """A merge patch of one of our resources' status, on the condition that it is still at
         `resource_version` (the version the status was computed from): a 409 means the object
-        moved on, and its watch event brings a reconcile that sees the new version."""
+        moved on, and its watch event brings a reconcile that sees the new version. Returns the
+        version the write made."""
         body: dict[str, Any] = {"status": patch}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        self.custom.patch_namespaced_custom_object_status(
+        written = cast(dict[str, Any], self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURALS[kind], name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
-        )
+        ))
+        return str(written["metadata"]["resourceVersion"])
+
+    def latest_warning(self, namespace: str, uid: str) -> tuple[str, str] | None:
+        """The newest Warning Event about one object (a pod's FailedMount, say): reason, message."""
+        found = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.uid={uid},type=Warning")
+        if not found.items:
+            return None
+        def when(event: client.CoreV1Event) -> datetime.datetime:
+            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            return cast(datetime.datetime, stamp)
+
+        newest = max(found.items, key=when)
+        return str(newest.reason), str(newest.message or "")
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on one of our resources (what `kubectl describe` lists)."""

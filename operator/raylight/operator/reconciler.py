@@ -27,18 +27,20 @@ from .builder import (
     RUN_HASH_ANNOTATION,
     BuildError,
     OperatorSettings,
-    build_configmap,
     build_rayjob,
     tracking_uri,
 )
 from .cache import Key, ObjectCache
+from .events import EventRecorder
 from .kube import Kube, api_message, refused_by_schema
 from .progress import ProgressPoller, ProgressTarget
 from .state import (
+    STUCK_AFTER_S,
     TERMINAL_PHASES,
     Observation,
     Observed,
     compute_status,
+    creating_since,
     invalid_status,
     observe_rayjob,
     status_patch,
@@ -62,6 +64,7 @@ IDLE_RESYNC_S = 600.0
 SPEC_CHANGE_RETRY_S = 30.0
 CONFLICT_RETRY_S = 1.0
 REFUSED_RETRY_S = 30.0
+STUCK_RECHECK_S = 20.0  # while a pod is stuck being created: the kubelet's newest word on it
 
 
 def _now() -> str:
@@ -76,9 +79,9 @@ def _resource(body: dict[str, Any]) -> Resource:
                            "spec": dict(body.get("spec") or {})})
 
 
-def applied_hash(rayjob: dict[str, Any], configmap: dict[str, Any]) -> str:
+def applied_hash(rayjob: dict[str, Any]) -> str:
     """Digest of everything we apply: equal on the server means nothing to apply."""
-    text = json.dumps([rayjob, configmap], sort_keys=True)
+    text = json.dumps(rayjob, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -98,8 +101,9 @@ class Plan:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, cache: ObjectCache, settings: OperatorSettings, poller: ProgressPoller) -> None:
-        self.kube, self.cache, self.settings, self.poller = kube, cache, settings, poller
+    def __init__(self, kube: Kube, cache: ObjectCache, settings: OperatorSettings, poller: ProgressPoller,
+                 events: EventRecorder) -> None:
+        self.kube, self.cache, self.settings, self.poller, self.events = kube, cache, settings, poller, events
 
     def __call__(self, key: Hashable) -> Outcome:
         assert isinstance(key, tuple)
@@ -111,7 +115,6 @@ class Reconciler:
         metrics.RECONCILES.labels(kind=kind).inc()
         try:
             resource = _resource(body)
-            configmap = build_configmap(resource, self.settings)
             rayjob = build_rayjob(resource, self.settings)
         except ManifestError as exc:
             first = exc.errors[0]
@@ -119,10 +122,10 @@ class Reconciler:
             return self._reject(body, text)
         except BuildError as exc:
             return self._reject(body, f"{exc.path}: {exc.message}")
-        rayjob["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = applied_hash(rayjob, configmap)
+        rayjob["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = applied_hash(rayjob)
         try:
             try:
-                plan = self._reconcile_rayjob(body, rayjob, configmap)
+                plan = self._reconcile_rayjob(body, rayjob)
             except ApiException as exc:
                 if refused_by_schema(exc):
                     return self._reject(body, f"spec.cluster: KubeRay's RayJob refuses it: {api_message(exc)}")
@@ -145,8 +148,7 @@ class Reconciler:
                 return Outcome(CONFLICT_RETRY_S)
             raise
 
-    def _reconcile_rayjob(self, body: dict[str, Any], rayjob: dict[str, Any],
-                          configmap: dict[str, Any]) -> Plan:
+    def _reconcile_rayjob(self, body: dict[str, Any], rayjob: dict[str, Any]) -> Plan:
         """Bring the RayJob to the spec; the RayJob as it now stands, and what we did about it."""
         meta, status = body["metadata"], body.get("status") or {}
         namespace, name = rayjob["metadata"]["namespace"], rayjob["metadata"]["name"]
@@ -182,12 +184,10 @@ class Reconciler:
         if existing is not None and (existing["metadata"].get("annotations") or {}).get(
                 APPLIED_HASH_ANNOTATION) == wanted:
             return Plan(existing, _recreated_note(existing))
-        # The RayJob first: when its schema refuses what we passed through (a malformed volume),
-        # nothing is left behind. Its head pod waits for the ConfigMap's volume until it exists.
+        # One object, the trainer's manifest in it: refused by its schema (a malformed volume
+        # passed through), nothing is left behind.
         self.kube.apply_rayjob(rayjob)
-        self.kube.apply_configmap(configmap)
-        log.info("applied RayJob %s/%s and its ConfigMap (%s)", namespace, name,
-                 "created" if existing is None else "changed")
+        log.info("applied RayJob %s/%s (%s)", namespace, name, "created" if existing is None else "changed")
         if existing is None:  # created: no status from KubeRay yet
             return Plan(rayjob, _recreated_note(rayjob), created=status.get("rayJobName") is None)
         # KubeRay's last status under the spec just applied (a suspend flag may have flipped;
@@ -205,17 +205,43 @@ class Reconciler:
         progress = self.poller.state(key)
         if progress is not None and progress.run_hash != digest:
             progress = None
+        pods, recheck = self._explain_stuck(key, self.cache.pods(key))
         seen = Observation(
             generation=meta.get("generation"), rayjob_name=rayjob["metadata"]["name"], run_hash=digest,
-            rayjob=plan.rayjob, pods=self.cache.pods(key), note=plan.note, spec_observed=plan.spec_observed,
+            rayjob=plan.rayjob, pods=pods, note=plan.note, spec_observed=plan.spec_observed,
             progress=progress.fields if progress else None, tracking_error=progress.error if progress else None,
         )
         desired = STATUS_MODELS[key[0]].model_validate(compute_status(current, seen, _now())).wire()
         self._track_progress(key, resource, digest, current, desired)
         self._apply_status(body, current, desired)
+        after = IDLE_RESYNC_S if desired["phase"] in TERMINAL_PHASES else ACTIVE_RESYNC_S
         if plan.requeue_after is not None:
-            return Outcome(plan.requeue_after)
-        return Outcome(IDLE_RESYNC_S if desired["phase"] in TERMINAL_PHASES else ACTIVE_RESYNC_S)
+            after = plan.requeue_after
+        return Outcome(min(after, recheck) if recheck is not None else after)
+
+    def _explain_stuck(self, key: Key, pods: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
+        """A pod stuck being created says why only in the kubelet's Events: read the newest Warning
+        of the first such pod (one request, and only while one is stuck). Also when to look again:
+        when the youngest such pod has waited long enough to count as stuck, or a while later."""
+        now = datetime.datetime.now(datetime.UTC)
+        recheck: float | None = None
+        for pod in sorted(pods, key=lambda p: str(p["metadata"].get("name"))):
+            since = creating_since(pod)
+            if since is None:
+                continue
+            waited = (now - since).total_seconds()
+            if waited < STUCK_AFTER_S:
+                recheck = min(recheck or STUCK_AFTER_S, STUCK_AFTER_S - waited + 1)
+                continue
+            try:
+                warning = self.kube.latest_warning(key[1], str(pod["metadata"].get("uid")))
+            except ApiException as exc:  # only an explanation: the status is right without it
+                log.warning("could not read the Events of pod %s: %s", pod["metadata"].get("name"), api_message(exc))
+                warning = None
+            if warning is not None:
+                pod["status"]["warning"] = {"reason": warning[0], "message": warning[1]}
+            return pods, STUCK_RECHECK_S
+        return pods, recheck
 
     def _track_progress(self, key: Key, resource: Resource, digest: str, current: dict[str, Any],
                         desired: dict[str, Any]) -> None:
@@ -232,8 +258,7 @@ class Reconciler:
         patch = status_patch(current, desired)
         if not patch:
             return
-        meta = body["metadata"]
-        self.kube.patch_status(body["kind"], meta["namespace"], meta["name"], meta.get("resourceVersion"), patch)
+        self._patch_status(body, patch)
         moved = transition(current.get("phase"), desired)
         if moved:
             self._event(body, *moved)
@@ -250,17 +275,19 @@ class Reconciler:
             invalid_status(current, meta.get("generation"), message, _now())).wire()
         patch = status_patch(current, desired)
         if patch:
-            meta = body["metadata"]
-            self.kube.patch_status(body["kind"], meta["namespace"], meta["name"], meta.get("resourceVersion"), patch)
+            self._patch_status(body, patch)
             self._event(body, "Warning", "InvalidSpec", message)
             metrics.ERRORS.labels(kind=body["kind"], reason="InvalidSpec").inc()
         return Outcome()
 
+    def _patch_status(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        written = self.kube.patch_status(body["kind"], meta["namespace"], meta["name"], meta.get("resourceVersion"),
+                                         patch)
+        self.cache.wrote_status((body["kind"], meta["namespace"], meta["name"]), written)
+
     def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        try:
-            self.kube.post_event(body, type_, reason, message)
-        except ApiException as exc:  # an Event is a courtesy: never fail a reconcile over one
-            log.warning("could not post the Event %s on %s: %s", reason, body["metadata"]["name"], api_message(exc))
+        self.events.record(body, type_, reason, message)
 
 
 def _recreated_note(rayjob: dict[str, Any]) -> Observed | None:

@@ -6,6 +6,7 @@ only when its status flips, so `kubectl wait --for=condition=Succeeded` works.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,28 @@ def _container_problem(pod: str, status: dict[str, Any], images: dict[str, str])
     return None
 
 
+# A pod scheduled this long ago whose containers are still being created is stuck on something
+# only the kubelet's Events tell (a Secret or ConfigMap volume that does not exist, a volume that
+# does not attach, a sandbox that cannot start). A slow image pull raises no Warning, so is not one.
+STUCK_AFTER_S = 15.0
+_CREATING_REASONS = ("ContainerCreating", "PodInitializing")
+
+
+def creating_since(pod: dict[str, Any]) -> datetime.datetime | None:
+    """When a pod whose containers are still being created was scheduled (None: it is not such a pod)."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending" or pod["metadata"].get("deletionTimestamp"):
+        return None
+    containers = [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]
+    if not containers or not all(((c.get("state") or {}).get("waiting") or {}).get("reason") in _CREATING_REASONS
+                                 for c in containers):
+        return None
+    scheduled: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "PodScheduled"),
+                                     {})
+    since = scheduled.get("lastTransitionTime") if scheduled.get("status") == "True" else None
+    return datetime.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+
+
 def diagnose_pods(pods: list[dict[str, Any]]) -> Observed | None:
     """Why the run's pods cannot start or keep failing, in Kubernetes' words; None when nothing is wrong.
 
@@ -135,6 +158,9 @@ def diagnose_pods(pods: list[dict[str, Any]]) -> Observed | None:
             problem = _container_problem(name, container, images)
             if problem is not None:
                 return problem
+        warning = status.get("warning")  # the kubelet's, read for a pod stuck being created
+        if warning:
+            return Observed("Pending", str(warning["reason"]), f"pod {name} cannot start: {warning['message']}")
         scheduled = next((c for c in status.get("conditions", []) if c.get("type") == "PodScheduled"), None)
         if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return Observed("Pending", "Unschedulable",

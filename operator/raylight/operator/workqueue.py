@@ -4,6 +4,10 @@ Watch events and timers only add a key; workers take keys and reconcile them. A 
 queue at most once however many events arrive for it, and one key is never reconciled by two
 workers at once: an add while it is being reconciled marks it dirty, and it is queued again when
 that reconcile ends, so the last event always gets a reconcile that sees it.
+
+Keys come out in the order they were added, except that an urgent add (a user created or changed a
+resource) goes ahead of everything else: in a burst of new resources their RayJobs come first, and
+the status writes and resyncs that follow wait (as controller-runtime's priority queue does).
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ class WorkQueue:
         # Two conditions on the one lock: a notify for work must wake a worker, never the timer.
         self._has_work = threading.Condition(self._lock)
         self._timer_wake = threading.Condition(self._lock)
+        # Two FIFOs, urgent first. A key promoted to urgent leaves a stale entry in the other,
+        # skipped when reached (it is no longer in _queued, or it is queued again behind it).
+        self._urgent: deque[Hashable] = deque()
         self._ready: deque[Hashable] = deque()
-        self._queued: set[Hashable] = set()  # in _ready
+        self._queued: dict[Hashable, bool] = {}  # waiting keys -> whether urgent
         self._active: set[Hashable] = set()  # being reconciled
-        self._dirty: set[Hashable] = set()  # added while active
+        self._dirty: dict[Hashable, bool] = {}  # added while active -> whether urgent
         self._delayed: list[tuple[float, int, Hashable]] = []  # (due, tiebreak, key) heap
         self._due: dict[Hashable, float] = {}  # the earliest due time of each delayed key
         self._failures: dict[Hashable, int] = {}
@@ -69,9 +76,9 @@ class WorkQueue:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, urgent: bool = False) -> None:
         with self._lock:
-            self._add_locked(key)
+            self._add_locked(key, urgent)
 
     def add_after(self, key: Hashable, delay: float) -> None:
         if delay <= 0:
@@ -93,16 +100,21 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._ready)
+            return len(self._queued)
 
-    def _add_locked(self, key: Hashable) -> None:
-        if self._stopped or key in self._queued:
+    def _add_locked(self, key: Hashable, urgent: bool = False) -> None:
+        if self._stopped:
+            return
+        if key in self._queued:
+            if urgent and not self._queued[key]:
+                self._queued[key] = True
+                self._urgent.append(key)
             return
         if key in self._active:
-            self._dirty.add(key)
+            self._dirty[key] = self._dirty.get(key, False) or urgent
             return
-        self._queued.add(key)
-        self._ready.append(key)
+        self._queued[key] = urgent
+        (self._urgent if urgent else self._ready).append(key)
         self._has_work.notify()
 
     def _promote_due(self) -> None:
@@ -119,14 +131,18 @@ class WorkQueue:
 
     def _take(self) -> Hashable | None:
         with self._lock:
-            while not self._ready and not self._stopped:
-                self._has_work.wait()
-            if self._stopped:
-                return None
-            key = self._ready.popleft()
-            self._queued.discard(key)
-            self._active.add(key)
-            return key
+            while True:
+                while not self._queued and not self._stopped:
+                    self._has_work.wait()
+                if self._stopped:
+                    return None
+                urgent = bool(self._urgent)
+                key = (self._urgent if urgent else self._ready).popleft()
+                if key in self._queued and (self._queued[key] or not urgent):
+                    del self._queued[key]
+                    self._active.add(key)
+                    return key
+                # A stale entry: the key was promoted, or taken from the other FIFO already.
 
     def _work(self) -> None:
         while (key := self._take()) is not None:
@@ -134,7 +150,7 @@ class WorkQueue:
             if self._gate is not None and not self._gate():
                 with self._lock:
                     self._active.discard(key)
-                    self._dirty.discard(key)
+                    self._dirty.pop(key, None)
                 continue
             try:
                 retry_after = self._reconcile(key).requeue_after
@@ -152,7 +168,6 @@ class WorkQueue:
             with self._lock:
                 self._active.discard(key)
                 if key in self._dirty:
-                    self._dirty.discard(key)
-                    self._add_locked(key)
+                    self._add_locked(key, self._dirty.pop(key))
             if retry_after is not None:
                 self.add_after(key, retry_after)
