@@ -12,34 +12,50 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from raylight.api import ManifestError, load_manifests
+from raylight.api import ManifestError, SpecError, read_manifests
+
+# Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
+# trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own).
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _print_errors(console: Console, errors: list[SpecError]) -> None:
+    for error in errors:
+        console.print(f"[red]error[/red] {escape(str(error))}", soft_wrap=True)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    console = Console(stderr=False, highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     failed = False
     for path in args.files:
         try:
-            resources = load_manifests(path)
+            resources, notes = read_manifests(path)
         except ManifestError as exc:
             failed = True
-            for error in exc.errors:
-                console.print(f"[red]error[/red] {escape(str(error))}")
+            _print_errors(err, exc.errors)
             continue
+        for note in notes:
+            out.print(f"[dim]skip[/dim] {escape(note)}")
         for resource in resources:
-            console.print(f"[green]ok[/green] {path}: {resource.kind} {resource.metadata.name}")
-    return 1 if failed else 0
+            out.print(f"[green]ok[/green] {escape(str(path))}: {resource.kind} {resource.metadata.name}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
     # Progress and logs go to stderr, so that `--output json` leaves stdout machine-readable.
     console = Console(stderr=True, highlight=False)
     try:
-        resources = load_manifests(args.file)
+        resources, notes = read_manifests(args.file)
+        if not resources:
+            raise ManifestError([SpecError("", f"{args.file} holds no TrainingJob or TuneSweep")])
     except ManifestError as exc:
-        for error in exc.errors:
-            console.print(f"[red]error[/red] {escape(str(error))}")
-        return 2
+        _print_errors(console, exc.errors)
+        if args.output == "json":
+            print(json.dumps({"succeeded": False, "errors": [str(e) for e in exc.errors]}, indent=2))
+        return EXIT_FAILED
+    for note in notes:
+        console.print(f"[dim]skip[/dim] {escape(note)}", soft_wrap=True)
     from raylight.local.runner import LocalOptions, print_summary, run_resource
     from raylight_trainer.data import DatasetError
     from raylight_trainer.resources import ResourceError
@@ -66,7 +82,14 @@ def _run(args: argparse.Namespace) -> int:
             print_summary(summary, console)
     if args.output == "json":
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
-    return 0 if all(s["succeeded"] for s in summaries) else 1
+    if not all(s["succeeded"] for s in summaries):
+        return EXIT_FAILED
+    failed_trials = sum((s.get("trials") or {}).get("failed", 0) for s in summaries)
+    if failed_trials and not args.allow_failed_trials:
+        console.print(f"[red]{failed_trials} trial(s) failed[/red]: exit {EXIT_FAILED} "
+                      "(--allow-failed-trials accepts a sweep whose best trial is enough)")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -103,8 +126,21 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("raylight")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raylight", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="raylight", description=__doc__,
+        epilog="exit codes: 0 ok; 1 an invalid manifest, a failed run or (unless --allow-failed-trials) "
+               "a failed trial; 2 a wrong command line")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a TrainingJob or TuneSweep manifest on a local Ray instance")
@@ -117,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="json: a machine-readable summary on stdout")
     run.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
     run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
+    run.add_argument("--allow-failed-trials", action="store_true",
+                     help="exit 0 when a sweep succeeded even though some of its trials failed")
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check manifests offline; print every error with its field")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -140,16 +141,71 @@ def test_validate_command_prints_every_error_with_its_path(tmp_path: Path, capsy
     file = tmp_path / "bad.yaml"
     file.write_text(yaml.safe_dump(bad))
     assert main(["validate", str(file)]) == 1
-    out = capsys.readouterr().out
-    assert "spec.trial.training.maxEpochs" in out
+    printed = capsys.readouterr()
+    assert "spec.trial.training.maxEpochs" in printed.err and "spec.searchSpace" in printed.err
+    assert printed.out == "", "errors go to stderr"
     assert main(["validate", str(EXAMPLES / "quickstart.yaml")]) == 0
 
 
-def test_run_refuses_an_invalid_manifest_before_starting_anything(tmp_path: Path) -> None:
+def test_validate_skips_other_kinds_and_every_example_passes(capsys: pytest.CaptureFixture) -> None:
+    files = sorted(str(p) for p in EXAMPLES.rglob("*.yaml") if "gitops" not in p.parts)
+    assert any(f.endswith("kustomization.yaml") for f in files) and any("storage" in f for f in files)
+    assert main(["validate", *files]) == 0
+    out = capsys.readouterr().out
+    assert "PersistentVolumeClaim raylight-results (v1) is not a Raylight resource" in out
+    assert "Kustomization" in out and "ok " in out
+
+
+def test_a_file_with_no_resource_at_all_is_an_error_for_run(tmp_path: Path) -> None:
+    file = tmp_path / "pvc.yaml"
+    file.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}))
+    with pytest.raises(ManifestError, match="holds no TrainingJob or TuneSweep"):
+        load_manifests(file)
+    assert main(["run", str(file)]) == 1
+
+
+def test_yaml_errors_name_the_file_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    file = tmp_path / "broken.yaml"
+    file.write_text("apiVersion: raylight.dev/v1alpha1\nkind: TuneSweep\nspec:\n  numSamples: [4\n")
+    assert main(["validate", str(file)]) == 1
+    err = capsys.readouterr().err
+    assert f"{file}:5:1: not valid YAML" in err, err
+
+
+def test_a_field_of_the_other_kind_says_where_it_belongs() -> None:
+    job = {"apiVersion": "raylight.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "j"},
+           "spec": {"numSamples": 4}}
+    [(path, message)] = errors_of(job)
+    assert path == "spec.numSamples" and "a TuneSweep field" in message
+    doc = sweep()
+    doc["spec"]["model"] = {"preset": "vit-nano"}
+    [(path, message)] = errors_of(doc)
+    assert path == "spec.model" and "spec.trial.model" in message
+
+
+def test_a_typo_does_not_hide_a_cross_field_error() -> None:
+    doc = sweep(numSamples=2, maxConcurrentTrials=3, serchAlg="random")
+    errors = errors_of(doc)
+    assert ("spec.serchAlg" in {p for p, _ in errors}) and any(
+        p == "spec" and "maxConcurrentTrials 3" in m for p, m in errors), errors
+
+
+def test_run_refuses_an_invalid_manifest_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     file = tmp_path / "bad.yaml"
     file.write_text(yaml.safe_dump(sweep(numSamples=-1)))
-    assert main(["run", str(file)]) == 2
+    assert main(["run", str(file)]) == 1
     assert not (tmp_path / "raylight_results").exists()
+    assert main(["run", str(file), "--output", "json"]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["succeeded"] is False and "spec.numSamples" in printed["errors"][0]
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("raylight ")
 
 
 def test_val_f1_and_auroc_are_maximised() -> None:

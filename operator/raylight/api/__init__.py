@@ -10,6 +10,7 @@ from .manifest import (
     TuneSweep,
     load_manifests,
     parse_resource,
+    read_manifests,
 )
 from .status import BestTrial, Condition, MlflowRef, SweepProgress, TrainingJobStatus, TrialCounts, TuneSweepStatus
 from .sweep import AshaSpec, Distribution, FifoSpec, SchedulerSpec, TuneSweepSpec, apply_overrides
@@ -76,4 +77,5 @@ __all__ = [
     "apply_overrides",
     "load_manifests",
     "parse_resource",
+    "read_manifests",
 ]

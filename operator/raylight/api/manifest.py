@@ -60,7 +60,7 @@ class SpecError:
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
-        return f"{where}{self.path}: {self.message}"
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
 
 
 class ManifestError(Exception):
@@ -81,9 +81,24 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     return "".join(parts) or "(document)"
 
 
-def _message(error: Any) -> str:
+def _fields(model: type[BaseModel]) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items()}
+
+
+# A field of the other kind's spec: say where it belongs, not "check its spelling".
+_SWEEP_ONLY = _fields(TuneSweepSpec) - _fields(TrainingJobSpec)
+_TRIAL_FIELDS = _fields(TrainingJobSpec) - _fields(TuneSweepSpec)
+
+
+def _message(error: Any, kind: str) -> str:
     msg = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
+        loc = error["loc"]
+        if len(loc) == 2 and loc[0] == "spec" and kind == "TrainingJob" and loc[1] in _SWEEP_ONLY:
+            return ("a TuneSweep field: a TrainingJob trains one configuration; to search, use kind: TuneSweep "
+                    "and put this job's spec under spec.trial")
+        if len(loc) == 2 and loc[0] == "spec" and kind == "TuneSweep" and loc[1] in _TRIAL_FIELDS:
+            return f"belongs under spec.trial in a TuneSweep (spec.trial.{loc[1]}): every trial trains with it"
         return "unknown field; check its spelling (fields are camelCase, see `kubectl explain`)"
     if error["type"] == "literal_error":
         return msg.replace("Input should be", "must be")
@@ -111,41 +126,114 @@ def parse_resource(doc: Any, source: str = "") -> Resource:
                 source,
             )
         )
-    resource: Resource | None = None
-    try:
-        resource = KINDS[kind].model_validate(doc)
-    except ValidationError as exc:
-        for err in exc.errors():
-            path = _loc_to_path(err["loc"])
-            if path == "apiVersion":
-                continue
-            errors.append(SpecError(path, _message(err), source))
-    if isinstance(resource, TuneSweep):
-        errors.extend(SpecError(p, m, source) for p, m in search_space_errors(resource.spec))
+    resource, field_errors, stand_in = _validate(KINDS[kind], doc, kind, source)
+    errors.extend(field_errors)
+    checked = resource or stand_in
+    if isinstance(checked, TuneSweep):
+        # The search space is checked against the spec even when other fields are wrong (against
+        # the spec without them), so that one round shows every error.
+        errors.extend(SpecError(p, m, source) for p, m in search_space_errors(checked.spec)
+                      if resource is not None or p not in {e.path for e in errors})
     if errors or resource is None:
         raise ManifestError(errors)
     return resource
 
 
-def load_manifests(path: str | Path) -> list[Resource]:
-    """Every TrainingJob / TuneSweep in a YAML file; all errors of all documents at once."""
+def _validate(model: type[TrainingJob] | type[TuneSweep], doc: dict[str, Any], kind: str,
+              source: str) -> tuple[Resource | None, list[SpecError], Resource | None]:
+    """The resource, or every error pydantic finds, and a stand-in: the resource without the
+    wrong fields (None when even that fails), for the checks that need a parsed spec.
+
+    A model's own cross-field checks run only when its fields are valid, so a typo would hide
+    them until fixed: a second pass without the unknown fields reports those too, in one round.
+    Wrong values are not dropped for that (a cross-field message about a default the user never
+    wrote would mislead)."""
+    errors: list[SpecError] = []
+    current = doc
+    for _ in range(2):
+        try:
+            return model.model_validate(current), errors, None
+        except ValidationError as exc:
+            found = exc.errors()
+        known = {(e.path, e.message) for e in errors}
+        for err in found:
+            path = _loc_to_path(err["loc"])
+            if path != "apiVersion" and (path, _message(err, kind)) not in known:
+                errors.append(SpecError(path, _message(err, kind), source))
+        unknown = [err["loc"] for err in found if err["type"] == "extra_forbidden"]
+        if not unknown:
+            break
+        current = _without(current, unknown)
+    try:
+        stand_in = model.model_validate(_without(current, [err["loc"] for err in found]))
+    except ValidationError:
+        stand_in = None
+    return None, errors, stand_in
+
+
+def _without(doc: Any, locs: list[tuple[int | str, ...]]) -> Any:
+    """A copy of doc without the values at these locations."""
+    copy = yaml.safe_load(yaml.safe_dump(doc))
+    for loc in locs:
+        parent = copy
+        try:
+            for item in loc[:-1]:
+                parent = parent[item]
+            del parent[loc[-1]]
+        except (KeyError, IndexError, TypeError):
+            continue
+    return copy
+
+
+def _is_raylight(doc: Any) -> bool:
+    """A document meant for us: our API group, one of our kinds, or no apiVersion at all (an error
+    to report, not another tool's object to skip)."""
+    if not isinstance(doc, dict):
+        return True
+    api_version = doc.get("apiVersion")
+    return api_version is None or str(api_version).split("/")[0] == API_VERSION.split("/")[0] \
+        or doc.get("kind") in KINDS
+
+
+def read_manifests(path: str | Path) -> tuple[list[Resource], list[str]]:
+    """Every TrainingJob / TuneSweep in a YAML file, all errors of all documents at once, and a
+    note for each other object (a PVC, a Secret, a Kustomization) that the file holds: those
+    are kubectl's business, skipped here."""
     file = Path(path)
     if not file.is_file():
-        raise ManifestError([SpecError("(file)", f"{file} does not exist or is not a file")])
+        raise ManifestError([SpecError("", f"{file} does not exist or is not a file")])
     try:
         docs = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
     except yaml.YAMLError as exc:
-        raise ManifestError([SpecError("(file)", f"{file} is not valid YAML: {exc}")]) from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(file)
+        problem = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        raise ManifestError([SpecError("", f"not valid YAML: {problem or exc}", where)]) from exc
     if not docs:
-        raise ManifestError([SpecError("(file)", f"{file} holds no manifest")])
+        raise ManifestError([SpecError("", f"{file} holds no manifest")])
     resources: list[Resource] = []
     errors: list[SpecError] = []
+    notes: list[str] = []
     for index, doc in enumerate(docs):
         source = f"{file}" if len(docs) == 1 else f"{file}[{index}]"
+        if not _is_raylight(doc):
+            name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+            notes.append(f"{source}: {doc.get('kind') or 'a document'}{' ' + name if name else ''} "
+                         f"({doc.get('apiVersion')}) is not a Raylight resource: left to kubectl")
+            continue
         try:
             resources.append(parse_resource(doc, source))
         except ManifestError as exc:
             errors.extend(exc.errors)
     if errors:
         raise ManifestError(errors)
+    return resources, notes
+
+
+def load_manifests(path: str | Path) -> list[Resource]:
+    """Every TrainingJob / TuneSweep in a YAML file (other objects skipped); at least one."""
+    resources, notes = read_manifests(path)
+    if not resources:
+        raise ManifestError([SpecError("", f"{path} holds no TrainingJob or TuneSweep"
+                                           + (f" ({'; '.join(notes)})" if notes else ""))])
     return resources

@@ -286,9 +286,11 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         placement["affinity"] = cluster.affinity
     worker = pod("worker", [container("worker", worker_resources, user_mounts)], list(cluster.volumes), placement)
 
+    # A sweep some of whose trials failed still succeeded (its status counts them): the RayJob
+    # fails only when the run does.
     entrypoint = shlex.join([
         "python", "-m", "raylight_trainer", f"{MANIFEST_DIR}/{MANIFEST_FILE}", "--output", "json",
-        "--data-dir", cluster.data_dir, "--storage-path", storage_path,
+        "--data-dir", cluster.data_dir, "--storage-path", storage_path, "--allow-failed-trials",
     ])
     # The submitter pod only runs `ray job submit` and follows the driver's log: KubeRay's default
     # reserves half a CPU for that, which a small node then lacks for the workers.
