@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from raylight.api import ManifestError, SpecError, read_manifests
+from raylight.api.manifest import no_resource_error
 
 # Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
 # trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own).
@@ -48,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         resources, notes = read_manifests(args.file)
         if not resources:
-            raise ManifestError([SpecError("", f"{args.file} holds no TrainingJob or TuneSweep")])
+            raise no_resource_error(args.file, notes)
     except ManifestError as exc:
         _print_errors(console, exc.errors)
         if args.output == "json":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .base import API_VERSION
+from .base import API_VERSION, GROUP
 from .status import TrainingJobStatus, TuneSweepStatus
 from .sweep import TuneSweepSpec, search_space_errors
 from .trial import TrainingJobSpec
@@ -157,9 +158,9 @@ def _validate(model: type[TrainingJob] | type[TuneSweep], doc: dict[str, Any], k
             found = exc.errors()
         known = {(e.path, e.message) for e in errors}
         for err in found:
-            path = _loc_to_path(err["loc"])
-            if path != "apiVersion" and (path, _message(err, kind)) not in known:
-                errors.append(SpecError(path, _message(err, kind), source))
+            path, message = _loc_to_path(err["loc"]), _message(err, kind)
+            if path != "apiVersion" and (path, message) not in known:
+                errors.append(SpecError(path, message, source))
         unknown = [err["loc"] for err in found if err["type"] == "extra_forbidden"]
         if not unknown:
             break
@@ -173,16 +174,16 @@ def _validate(model: type[TrainingJob] | type[TuneSweep], doc: dict[str, Any], k
 
 def _without(doc: Any, locs: list[tuple[int | str, ...]]) -> Any:
     """A copy of doc without the values at these locations."""
-    copy = yaml.safe_load(yaml.safe_dump(doc))
+    kept = copy.deepcopy(doc)
     for loc in locs:
-        parent = copy
+        parent = kept
         try:
             for item in loc[:-1]:
                 parent = parent[item]
             del parent[loc[-1]]
         except (KeyError, IndexError, TypeError):
             continue
-    return copy
+    return kept
 
 
 def _is_raylight(doc: Any) -> bool:
@@ -191,8 +192,7 @@ def _is_raylight(doc: Any) -> bool:
     if not isinstance(doc, dict):
         return True
     api_version = doc.get("apiVersion")
-    return api_version is None or str(api_version).split("/")[0] == API_VERSION.split("/")[0] \
-        or doc.get("kind") in KINDS
+    return api_version is None or str(api_version).split("/")[0] == GROUP or doc.get("kind") in KINDS
 
 
 def read_manifests(path: str | Path) -> tuple[list[Resource], list[str]]:
@@ -230,10 +230,15 @@ def read_manifests(path: str | Path) -> tuple[list[Resource], list[str]]:
     return resources, notes
 
 
+def no_resource_error(path: str | Path, notes: list[str]) -> ManifestError:
+    """For a file that holds none of our resources (only the objects the notes name)."""
+    return ManifestError([SpecError("", f"{path} holds no TrainingJob or TuneSweep"
+                                        + (f" ({'; '.join(notes)})" if notes else ""))])
+
+
 def load_manifests(path: str | Path) -> list[Resource]:
     """Every TrainingJob / TuneSweep in a YAML file (other objects skipped); at least one."""
     resources, notes = read_manifests(path)
     if not resources:
-        raise ManifestError([SpecError("", f"{path} holds no TrainingJob or TuneSweep"
-                                           + (f" ({'; '.join(notes)})" if notes else ""))])
+        raise no_resource_error(path, notes)
     return resources

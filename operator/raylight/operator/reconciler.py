@@ -41,6 +41,7 @@ from .state import (
     Observed,
     compute_status,
     creating_since,
+    find_condition,
     invalid_status,
     observe_rayjob,
     status_patch,
@@ -231,7 +232,8 @@ class Reconciler:
                 continue
             waited = (now - since).total_seconds()
             if waited < STUCK_AFTER_S:
-                recheck = min(recheck or STUCK_AFTER_S, STUCK_AFTER_S - waited + 1)
+                stuck_in = STUCK_AFTER_S - waited + 1
+                recheck = stuck_in if recheck is None else min(recheck, stuck_in)
                 continue
             try:
                 warning = self.kube.latest_warning(key[1], str(pod["metadata"].get("uid")))
@@ -262,7 +264,7 @@ class Reconciler:
         moved = transition(current.get("phase"), desired)
         if moved:
             self._event(body, *moved)
-        was, now = _condition(current, "PodsHealthy"), _condition(desired, "PodsHealthy")
+        was, now = find_condition(current, "PodsHealthy"), find_condition(desired, "PodsHealthy")
         if now and now["status"] == "False" and (not was or was.get("reason") != now.get("reason")):
             self._event(body, "Warning", now["reason"], now["message"])
 
@@ -296,6 +298,3 @@ def _recreated_note(rayjob: dict[str, Any]) -> Observed | None:
         return Observed("Pending", "RayJobRecreated", message)
     return None
 
-
-def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return next((c for c in status.get("conditions", []) if c.get("type") == type_), None)

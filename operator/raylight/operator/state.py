@@ -51,12 +51,17 @@ def observe_rayjob(rayjob: dict[str, Any]) -> Observed:
     return Observed("Pending", "ClusterStarting", "waiting for the Ray cluster's pods")
 
 
+def find_condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """The condition of this type in a status (ours, or a pod's), if it has one."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+
+
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str,
                   now: str) -> list[dict[str, Any]]:
     """A copy of `conditions` with one condition set (its transition time kept unless it flipped)."""
     value = "True" if status else "False"
     result = [dict(c) for c in conditions if c.get("type") != type_]
-    previous = next((c for c in conditions if c.get("type") == type_), None)
+    previous = find_condition({"conditions": conditions}, type_)
     since = previous.get("lastTransitionTime") if previous and previous.get("status") == value else now
     result.append({"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": since})
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
@@ -138,8 +143,7 @@ def creating_since(pod: dict[str, Any]) -> datetime.datetime | None:
     if not containers or not all(((c.get("state") or {}).get("waiting") or {}).get("reason") in _CREATING_REASONS
                                  for c in containers):
         return None
-    scheduled: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "PodScheduled"),
-                                     {})
+    scheduled = find_condition(status, "PodScheduled") or {}
     since = scheduled.get("lastTransitionTime") if scheduled.get("status") == "True" else None
     return datetime.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
 
@@ -161,7 +165,7 @@ def diagnose_pods(pods: list[dict[str, Any]]) -> Observed | None:
         warning = status.get("warning")  # the kubelet's, read for a pod stuck being created
         if warning:
             return Observed("Pending", str(warning["reason"]), f"pod {name} cannot start: {warning['message']}")
-        scheduled = next((c for c in status.get("conditions", []) if c.get("type") == "PodScheduled"), None)
+        scheduled = find_condition(status, "PodScheduled")
         if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return Observed("Pending", "Unschedulable",
                             f"pod {name} cannot be scheduled: {scheduled.get('message') or 'no node fits it'}")
@@ -201,8 +205,7 @@ def compute_status(current: dict[str, Any], seen: Observation, now: str) -> dict
         observed = observe_rayjob(seen.rayjob)
     elif not new_run and current.get("phase") in TERMINAL_PHASES:
         # The run ended and its RayJob was deleted since: its record stays as it ended.
-        conditions_now = status.get("conditions") or []
-        ended: dict[str, Any] = next((c for c in conditions_now if c.get("type") == current["phase"]), {})
+        ended = find_condition(status, current["phase"]) or {}
         observed = Observed(current["phase"], ended.get("reason", current["phase"]), ended.get("message", ""))
     else:
         observed = Observed("Pending", "Creating", "creating the RayJob")
