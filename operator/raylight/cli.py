@@ -1,4 +1,5 @@
-"""The `raylight` command: run manifests locally, validate them offline, run the operator."""
+"""The `raylight` command: run manifests locally, validate them offline, follow runs on a cluster,
+run the operator."""
 
 from __future__ import annotations
 
@@ -136,9 +137,9 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "raylight") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="raylight", description=__doc__,
+        prog=prog, description=__doc__,
         epilog="exit codes: 0 ok; 1 an invalid manifest, a failed run or (unless --allow-failed-trials) "
                "a failed trial; 2 a wrong command line")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check manifests offline; print every error with its field")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(handler=_validate)
+
+    from raylight.cluster_commands import add_commands
+
+    add_commands(commands)
 
     from raylight.operator.builder import DEFAULT_TRAINER_IMAGE
 
@@ -192,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "raylight") -> int:
+    args = build_parser(prog).parse_args(argv)
     return int(args.handler(args))
 
 

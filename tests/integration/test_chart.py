@@ -33,6 +33,29 @@ def test_chart_crds_are_the_generated_ones() -> None:
             f"charts/raylight/crds/{file.name} drifted from crds/: copy it (`raylight crds charts/raylight/crds`)"
 
 
+def test_every_value_is_described_in_the_schema() -> None:
+    """`helm show values` and IDEs read the schema's descriptions; values.yaml and the schema agree."""
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: dict[str, Any], given: Any, prefix: str = "") -> list[str]:
+        problems = []
+        for key, prop in node.get("properties", {}).items():
+            if not prop.get("description"):
+                problems.append(f"{prefix}{key}: no description")
+            if isinstance(given, dict) and key not in given:
+                problems.append(f"{prefix}{key}: in the schema, not in values.yaml")
+            problems += walk(prop, given.get(key) if isinstance(given, dict) else None, f"{prefix}{key}.")
+        if isinstance(given, dict) and node.get("properties"):
+            problems += [f"{prefix}{key}: in values.yaml, not in the schema"
+                         for key in given if key not in node["properties"]]
+        return problems
+
+    assert walk(schema, values) == []
+
+
 @pytest.mark.parametrize("values", [None, *VALUES], ids=["default", *(v.stem for v in VALUES)])
 def test_lint_strict(kube_cluster: Cluster, values: Path | None) -> None:
     result = kube_cluster.helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []), check=False)
@@ -175,13 +198,28 @@ def test_namespaced_install_sees_only_its_namespaces(kube_cluster: Cluster, mlfl
     assert_never_forbidden(log)
 
 
-def test_helm_install_and_uninstall(kube_cluster: Cluster) -> None:
+def test_helm_install_upgrade_and_uninstall(kube_cluster: Cluster, tmp_path: Path) -> None:
     """The real `helm install`: its live lookups find KubeRay's CRD; NOTES say what to do next."""
     # A release name of its own: other tests applied the default release's cluster-scoped RBAC.
     installed = kube_cluster.helm("install", "rl-install", str(CHART), "-n", "rl-install", "--create-namespace")
     assert "kubectl get tunesweeps -w" in installed.stdout
     deployments = {d["metadata"]["name"] for d in kube_cluster.list("deployments", "rl-install")}
     assert deployments == {"rl-install-raylight", "rl-install-raylight-mlflow"}
+
+    # The README's upgrade: CRDs first (helm upgrade leaves installed CRDs as they are), then the release.
+    newer = tmp_path / "crds"
+    newer.mkdir()
+    for file in (CHART / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(file.read_text())
+        crd["metadata"]["labels"]["raylight.dev/upgraded"] = "yes"  # stands for a newer chart's change
+        (newer / file.name).write_text(yaml.safe_dump(crd))
+    for directory in (newer, CHART / "crds"):  # the newer CRDs, then back to this chart's
+        kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(directory))
+        label = kube_cluster.kubectl("get", "crd", "tunesweeps.raylight.dev",
+                                     "-o", "jsonpath={.metadata.labels.raylight\\.dev/upgraded}").stdout
+        assert label == ("yes" if directory == newer else "")
+    kube_cluster.helm("upgrade", "rl-install", str(CHART), "-n", "rl-install", "--reuse-values")
+
     kube_cluster.helm("uninstall", "rl-install", "-n", "rl-install")
     assert kube_cluster.list("deployments", "rl-install") == []
     # The experiments' volume outlives the release.

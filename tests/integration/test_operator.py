@@ -21,7 +21,6 @@ SETTINGS_IMAGE = "raylight-trainer:test"
 def gpu_sweep(name: str = "gpu-sweep", **spec: Any) -> dict[str, Any]:
     doc = yaml.safe_load((REPO / "examples" / "cifar-sweep-gpu.yaml").read_text())
     doc["metadata"] = {"name": name}  # without the Kueue label: no Kueue here to admit it
-    doc["spec"]["mlflow"].pop("secretRef")
     doc["spec"].update(spec)
     return dict(doc)
 
@@ -122,12 +121,17 @@ def _settings(operator: OperatorProcess) -> Any:
     return OperatorSettings(trainer_image=SETTINGS_IMAGE, mlflow_tracking_uri=operator.tracking_uri)
 
 
+def apply_training_job(cluster: Cluster, namespace: str) -> None:
+    """examples/trainingjob.yaml (vit-digits), once the operator has made its RayJob."""
+    doc = yaml.safe_load((REPO / "examples" / "trainingjob.yaml").read_text())
+    assert cluster.apply(doc, namespace).returncode == 0
+    wait_for(lambda: cluster.get("rayjob", "tj-vit-digits", namespace), what="the RayJob")
+
+
 def test_failed_rayjob_fails_the_resource_with_kuberays_reason(
     kube_cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    doc = yaml.safe_load((REPO / "examples" / "trainingjob.yaml").read_text())
-    assert kube_cluster.apply(doc, namespace).returncode == 0
-    wait_for(lambda: kube_cluster.get("rayjob", "tj-vit-digits", namespace), what="the RayJob")
+    apply_training_job(kube_cluster, namespace)
     kube_cluster.patch_status("rayjob", "tj-vit-digits", namespace, {
         "jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded",
         "message": "The RayJob has passed the activeDeadlineSeconds."})

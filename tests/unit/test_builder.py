@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from raylight.api import load_manifests, parse_resource
+from raylight.api import Resource, load_manifests, parse_resource
 from raylight.operator.builder import (
     MANIFEST_ANNOTATION,
     MAX_RAYJOB_NAME,
@@ -66,8 +66,15 @@ def test_golden(name: str) -> None:
     assert rendered == golden.read_text(), f"{name}: RayJob differs from {golden} (RAYLIGHT_UPDATE_GOLDEN=1)"
 
 
+def with_mlflow_secret(resource: Resource) -> Resource:
+    doc = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["mlflow"]["secretRef"] = {"name": "mlflow-credentials"}
+    return parse_resource(doc)
+
+
 def test_gpu_sweep_asks_for_gpus_where_they_are() -> None:
-    rayjob = build_rayjob(example("cifar-sweep-gpu.yaml"), SETTINGS)
+    assert "envFrom" not in yaml.dump(build_rayjob(example("cifar-sweep-gpu.yaml"), SETTINGS))  # no Secret asked for
+    rayjob = build_rayjob(with_mlflow_secret(example("cifar-sweep-gpu.yaml")), SETTINGS)
     spec = rayjob["spec"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
     container = workers["template"]["spec"]["containers"][0]
@@ -204,7 +211,7 @@ def test_defaults_are_not_part_of_a_run_identity() -> None:
 
 
 def test_wandb_credentials_reach_every_pod_from_their_secret() -> None:
-    resource = example("cifar-sweep-gpu.yaml")
+    resource = with_mlflow_secret(example("cifar-sweep-gpu.yaml"))
     doc = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
     doc["spec"]["tracking"] = {"wandb": {"project": "cifar", "mode": "online", "secretRef": {"name": "wandb-key"}}}
     rayjob = build_rayjob(parse_resource(doc), SETTINGS)
