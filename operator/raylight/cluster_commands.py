@@ -1,4 +1,4 @@
-"""`raylight get` and `raylight wait`: the TrainingJobs and TuneSweeps of a cluster, as a user reads them.
+"""`raylight get`, `wait`, `trials` and `model`: the TrainingJobs and TuneSweeps of a cluster, as a user reads them.
 
 They talk to the API server as kubectl does (the current kubeconfig context and its namespace,
 `--context`, `-n`), so `kubectl raylight get` works too (the `kubectl-raylight` script).
@@ -35,6 +35,7 @@ class CommandError(Exception):
 class Target:
     custom: Any  # kubernetes.client.CustomObjectsApi
     namespace: str
+    api: Any = None  # kubernetes.client.ApiClient
 
 
 def connect(args: argparse.Namespace) -> Target:
@@ -48,14 +49,15 @@ def connect(args: argparse.Namespace) -> Target:
             config.load_incluster_config()
         except config.ConfigException:
             raise CommandError(f"no cluster to talk to: {exc} (set KUBECONFIG or pass --context)") from None
-        return Target(client.CustomObjectsApi(client.ApiClient()), args.namespace or _pod_namespace())
+        api = client.ApiClient()
+        return Target(client.CustomObjectsApi(api), args.namespace or _pod_namespace(), api)
     chosen = active if args.context is None else next((c for c in contexts if c["name"] == args.context), None)
     if chosen is None:
         names = ", ".join(c["name"] for c in contexts)
         raise CommandError(f"--context {args.context}: no such context in the kubeconfig (it has: {names})")
     api = config.new_client_from_config(context=chosen["name"])
     namespace = args.namespace or chosen.get("context", {}).get("namespace") or "default"
-    return Target(client.CustomObjectsApi(api), namespace)
+    return Target(client.CustomObjectsApi(api), namespace, api)
 
 
 def _pod_namespace() -> str:
@@ -246,6 +248,89 @@ def _report(resource: dict[str, Any], args: argparse.Namespace, err: Console) ->
     return EXIT_FAILED
 
 
+def trials(args: argparse.Namespace) -> int:
+    """A sweep's trial table, as the local run shows it, from its MLflow runs."""
+    from raylight.api import ManifestError, TuneSweep, parse_resource
+    from raylight.cluster_mlflow import reader_for, table_state, trial_rows
+    from raylight.local.progress import TrialTable
+    from raylight.operator.progress import ProgressError
+
+    target = connect(args)
+    resource = resolve(target, args.name if "/" in args.name else f"tunesweep/{args.name}")
+    try:
+        sweep = parse_resource({k: resource[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    except ManifestError as exc:
+        raise CommandError(f"{args.name}: its spec is invalid ({exc.errors[0]})") from None
+    if not isinstance(sweep, TuneSweep):
+        raise CommandError(f"{args.name} is a TrainingJob: trials belong to TuneSweeps (raylight get shows its epochs)")
+    status = resource.get("status") or {}
+    mlflow = status.get("mlflow") or {}
+    metric = sweep.spec.objective.metric
+    rows: list[dict[str, Any]] = []
+    if mlflow.get("runId") and mlflow.get("experimentId"):
+        reader = reader_for(target.api, mlflow.get("trackingUri") or "", target.namespace, args.tracking_uri)
+        try:
+            rows = trial_rows(reader, mlflow["experimentId"], mlflow["runId"], metric)
+        except ProgressError as exc:
+            raise CommandError(f"{exc} (--tracking-uri reaches it another way)") from None
+    pending = max(sweep.spec.num_samples - len(rows), 0)
+    if args.output == "json":
+        print(json.dumps({"name": sweep.metadata.name, "phase": status.get("phase") or "Pending",
+                          "objective": metric, "pending": pending, "trials": rows}, indent=2))
+        return EXIT_OK
+    table = TrialTable(metric, sweep.spec.max_t())
+    for row in rows:
+        table.update(row["trial"], table_state(row["state"]), row["config"],
+                     {"epochs": row["epochs"], **({metric: row["metric"]} if row["metric"] is not None else {})})
+        table.rows[row["trial"]]["run"] = row["runId"]
+    console = Console(highlight=False, soft_wrap=True)
+    phase = status.get("phase") or "Pending"
+    if rows:
+        console.print(table.render())
+    console.print(f"TuneSweep {sweep.metadata.name}: {phase}, {len(rows)} trial(s) started, {pending} not yet"
+                  + (f"; MLflow experiment {mlflow['experimentId']}, parent run {mlflow['runId']}"
+                     if mlflow.get("runId") else ""))
+    return EXIT_OK
+
+
+def model(args: argparse.Namespace) -> int:
+    """The best model's URI, how to load it, and (--download) its files."""
+    from pathlib import Path
+
+    from raylight.cluster_mlflow import ModelError, download_model, reader_for
+    from raylight.operator.progress import ProgressError
+
+    target = connect(args)
+    resource = resolve(target, args.name)
+    kind, name = resource["kind"], resource["metadata"]["name"]
+    status = resource.get("status") or {}
+    mlflow = status.get("mlflow") or {}
+    uri = mlflow.get("modelUri")
+    if not uri:
+        raise CommandError(f"{kind} {name} has no model yet ({status.get('phase') or 'Pending'}): "
+                           "the best model is logged when the run succeeds")
+    found: dict[str, Any] = {"kind": kind, "name": name, "modelUri": uri, "trackingUri": mlflow.get("trackingUri"),
+                             "runId": mlflow.get("runId")}
+    if args.download:
+        reader = reader_for(target.api, mlflow.get("trackingUri") or "", target.namespace, args.tracking_uri)
+        try:
+            files = download_model(reader, uri, Path(args.download))
+        except (ModelError, ProgressError) as exc:
+            raise CommandError(str(exc)) from None
+        found["files"] = [str(path) for path in files]
+    if args.output == "json":
+        print(json.dumps(found, indent=2))
+        return EXIT_OK
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"{kind} {name}: best model [bold]{uri}[/bold] (MLflow at {found['trackingUri']})")
+    where = args.download or uri
+    console.print(f"Load it with plain mlflow and torch: mlflow.pytorch.load_model({where!r}) "
+                  "(a torch.export graph; its metadata says how to prepare images)")
+    if args.download:
+        console.print(f"{len(found['files'])} files in {args.download}")
+    return EXIT_OK
+
+
 def add_commands(commands: Any) -> None:
     """The cluster subcommands, on the `raylight` parser's subparsers."""
     def cluster_flags(parser: argparse.ArgumentParser) -> None:
@@ -267,6 +352,20 @@ def add_commands(commands: Any) -> None:
     wait_parser.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0: never)")
     cluster_flags(wait_parser)
     wait_parser.set_defaults(handler=guarded(wait))
+
+    trials_parser = commands.add_parser("trials", help="the trials of a sweep on the cluster (from its MLflow runs)")
+    trials_parser.add_argument("name", help="the TuneSweep's NAME")
+    trials_parser.add_argument("--tracking-uri", help="reach MLflow here instead of the URI in the sweep's status "
+                               "(an in-cluster Service is reached through the API server's proxy)")
+    cluster_flags(trials_parser)
+    trials_parser.set_defaults(handler=guarded(trials))
+
+    model_parser = commands.add_parser("model", help="the best model of a run on the cluster: its URI, or its files")
+    model_parser.add_argument("name", help="NAME or KIND/NAME")
+    model_parser.add_argument("--download", metavar="DIR", help="write the model's files here")
+    model_parser.add_argument("--tracking-uri", help="reach MLflow here instead of the URI in the status")
+    cluster_flags(model_parser)
+    model_parser.set_defaults(handler=guarded(model))
 
 
 def guarded(command: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,8 +51,20 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
 
+    # Its log is a file, not a terminal: a line per trial event and epoch, there as they happened.
+    first_lines = (tmp_path / "first.log").read_text()
+    for trial_id in finished:
+        assert f"trial {trial_id} started" in first_lines, first_lines[-3000:]
+        assert re.search(rf"trial {trial_id} epoch 2/2 val_acc=\d\.\d{{4}}", first_lines), first_lines[-3000:]
+    # The last one may have been killed between its last epoch and Tune's word that it ended.
+    ended = [t for t in finished if f"trial {t} finished: epoch 2/2" in first_lines]
+    assert len(ended) >= len(finished) - 1, first_lines[-3000:]
+
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
+    # The resumed run's log shows the epochs of every trial that had not finished before.
+    shown = set(re.findall(r"trial (\S+) epoch 2/2", second.stderr))
+    trial_lines = [line for line in second.stderr.splitlines() if " trial " in line]
     summary = yaml.safe_load(second.stdout)
     assert summary["resumed"] is True
     assert summary["trials"]["total"] == 5 and summary["trials"]["succeeded"] == 5
@@ -63,6 +76,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     children = child_runs(client, experiment.experiment_id, parents[0].info.run_id)
     trial_ids = [run.data.tags["raylight.trial_id"] for run in children]
     assert sorted(trial_ids) == sorted(set(trial_ids)) and len(trial_ids) == 5
+    assert set(trial_ids) - set(finished) <= shown, (sorted(finished), trial_lines)
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == [1, 2], (run.data.tags["raylight.trial_id"], steps)

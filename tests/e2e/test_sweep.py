@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from raylight.api import SweepProgress, TuneSweep, parse_resource
@@ -130,12 +131,13 @@ def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> 
     assert {"trial-spec.yaml"} <= {a.path for a in client.list_artifacts(children[0].info.run_id)}
 
     # The best trial's checkpoint is the logged model.
-    model = mlflow.pytorch.load_model(result.model_uri)
-    assert model.cfg.dim == result.best.config["model.dim"]
     versions = client.search_model_versions("name = 'vit-asha-best'")
     assert len(versions) == 1 and versions[0].run_id == result.parent_run_id
-    registered = mlflow.pytorch.load_model(f"models:/vit-asha-best/{versions[0].version}")
-    assert registered.cfg.dim == model.cfg.dim
+    assert result.model_uri == f"models:/vit-asha-best/{versions[0].version}"
+    card = mlflow.models.get_model_info(result.model_uri).metadata
+    assert card["config"]["dim"] == result.best.config["model.dim"] and card["architecture"] == "vit"
+    model = mlflow.pytorch.load_model(result.model_uri)
+    assert model(torch.zeros(3, *card["input"]["shape"])).shape == (3, card["config"]["num_classes"])
 
 
 @pytest.mark.usefixtures("ray_local")

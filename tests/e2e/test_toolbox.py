@@ -62,7 +62,7 @@ def test_efficientnet_on_two_workers(tmp_path: Path, mlflow_server: str) -> None
     assert [step for step, _ in f1] == [1, 2, 3] and [step for step, _ in auroc] == [1, 2, 3]
     best_epoch, best_f1 = max(f1, key=lambda item: item[1])
     assert run.data.metrics["best_val_f1"] == pytest.approx(best_f1)
-    model = mlflow.pytorch.load_model(result.model_uri).eval()
+    model = mlflow.pytorch.load_model(result.model_uri)  # an exported graph, already in eval mode
     data = load_data(resource.spec.data, 16)
     images = torch.stack([data.val[i][0] for i in range(len(data.val))])  # type: ignore[arg-type]
     labels = torch.tensor([data.val[i][1] for i in range(len(data.val))])  # type: ignore[arg-type]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -32,6 +34,7 @@ def settings(tmp_path: Path, uri: str, data_dir: Path | None = None) -> RunSetti
 
 def test_two_worker_job_is_tracked_and_its_model_predicts(tmp_path: Path, mlflow_server: str) -> None:
     resource = job("two-workers", resources={"workers": 2, "cpusPerWorker": 1},
+                   mlflow={"experiment": "e2e-jobs", "registeredModelName": "e2e-two-workers"},
                    training={"maxEpochs": 3, "batchSize": 64, "learningRate": 3e-3})
     result = run_training_job(resource, settings(tmp_path, mlflow_server))
     assert result.state == "succeeded", result.error
@@ -51,15 +54,51 @@ def test_two_worker_job_is_tracked_and_its_model_predicts(tmp_path: Path, mlflow
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert "trainingjob.yaml" in artifacts
 
-    # The logged model is the best checkpoint: it scores what the run reported on the same split.
-    model = mlflow.pytorch.load_model(result.model_uri)
+    # The logged model is the best checkpoint: it scores what the run reported on the same split,
+    # in an interpreter where Raylight cannot be imported (plain mlflow and torch), as the
+    # version the run registered; its metadata says how images become its input.
+    assert run.data.tags["raylight.model_uri"] == result.model_uri == "models:/e2e-two-workers/1"
     data = load_data(resource.spec.data, 16)
     images = torch.stack([data.val[i][0] for i in range(len(data.val))])  # type: ignore[arg-type]
     labels = torch.tensor([data.val[i][1] for i in range(len(data.val))])  # type: ignore[arg-type]
-    with torch.no_grad():
-        accuracy = (model(images).argmax(1) == labels).float().mean().item()
+    torch.save({"images": images, "labels": labels}, tmp_path / "val.pt")
+    clean = subprocess.run([sys.executable, "-I", "-c", PREDICT_WITHOUT_RAYLIGHT, mlflow_server, result.model_uri,
+                            str(tmp_path / "val.pt")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    answer = json.loads(clean.stdout.splitlines()[-1])
     # Each worker validates a disjoint share, unpadded: the reported accuracy is the split's.
-    assert accuracy == pytest.approx(best, abs=1e-6)
+    assert answer["accuracy"] == pytest.approx(best, abs=1e-6)
+    assert answer["pyfunc_accuracy"] == pytest.approx(best, abs=1e-6)
+    assert answer["metadata"]["input"] == {
+        "shape": [1, 16, 16], "dtype": "float32", "mean": [0.3], "std": [0.38],
+        "preprocess": "pixels scaled to [0, 1], resized to shape, then (x - mean) / std per channel"}
+    assert answer["metadata"]["config"]["depth"] == 2 and answer["raylight_importable"] is False
+
+
+# Run with `python -I`: loads the model by its URI as someone without Raylight would.
+PREDICT_WITHOUT_RAYLIGHT = """
+import json, sys
+
+class NoRaylight:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("raylight", "raylight_trainer"):
+            raise ImportError(name + " is not installed here")
+
+sys.meta_path.insert(0, NoRaylight())
+import mlflow, mlflow.pyfunc, mlflow.pytorch, torch
+
+tracking_uri, model_uri, data = sys.argv[1:]
+mlflow.set_tracking_uri(tracking_uri)
+val = torch.load(data)
+model = mlflow.pytorch.load_model(model_uri)
+with torch.no_grad():
+    accuracy = (model(val["images"]).argmax(1) == val["labels"]).float().mean().item()
+logits = mlflow.pyfunc.load_model(model_uri).predict(val["images"].numpy())
+pyfunc_accuracy = (torch.as_tensor(logits).argmax(1) == val["labels"]).float().mean().item()
+print(json.dumps({"accuracy": accuracy, "pyfunc_accuracy": pyfunc_accuracy,
+                  "metadata": mlflow.models.get_model_info(model_uri).metadata,
+                  "raylight_importable": any(m.startswith("raylight") for m in sys.modules)}))
+"""
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder", "synthetic"])

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,6 +24,11 @@ def raylight(cluster: Cluster, *args: str, kubeconfig: Path | None = None,
     env = {**os.environ, "KUBECONFIG": str(kubeconfig or cluster.kubeconfig), "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "raylight.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def experiment(client: Any, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return str(found.experiment_id if found else client.create_experiment(name))
 
 
 def start_wait(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
@@ -106,3 +112,99 @@ def test_a_wrong_name_says_what_exists_and_how_to_fix_it(kube_cluster: Cluster, 
     assert wrong_context.returncode == 1 and "--context nowhere: no such context" in wrong_context.stderr
     nothing = raylight(kube_cluster, "get", "-n", namespace)
     assert nothing.returncode == 0 and f"No TrainingJobs or TuneSweeps in namespace {namespace}" in nothing.stdout
+
+
+def test_trials_shows_the_sweeps_trial_table_from_its_mlflow_runs(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess, mlflow_server: str
+) -> None:
+    """The trial runs as the trainer leaves them (tags of raylight.api.tags); the node test reads a
+    real sweep's through the API server's proxy."""
+    from mlflow.tracking import MlflowClient
+
+    from raylight.api.tags import TAG_PARENT_RUN_ID, TAG_STATE, TAG_TRIAL_ID, TAG_UID
+
+    assert kube_cluster.apply(gpu_sweep(), namespace).returncode == 0
+    body = wait_for(lambda: kube_cluster.get("ts", "gpu-sweep", namespace), what="the sweep")
+    pending = raylight(kube_cluster, "trials", "gpu-sweep", "-n", namespace)
+    assert pending.returncode == 0 and "0 trial(s) started, 24 not yet" in pending.stdout, pending
+    kube_cluster.patch_status("rayjob", "ts-gpu-sweep", namespace,
+                              {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    client = MlflowClient(mlflow_server)
+    experiment_id = experiment(client, "vit-cifar10")  # the example's spec.mlflow.experiment
+    parent = client.create_run(experiment_id, tags={TAG_UID: body["metadata"]["uid"]}).info.run_id
+    trials = {"a_00000": ("succeeded", 60, 0.91), "a_00001": ("stopped_early", 5, 0.42), "a_00002": (None, 2, 0.3)}
+    runs = {}
+    for trial_id, (state, epochs, accuracy) in trials.items():
+        run = client.create_run(experiment_id, tags={TAG_PARENT_RUN_ID: parent, TAG_TRIAL_ID: trial_id}).info.run_id
+        client.log_param(run, "sampled.training.learningRate", "0.0012")
+        for epoch in range(1, epochs + 1):
+            client.log_metric(run, "epoch", epoch, step=epoch)
+        client.log_metric(run, "val_acc", accuracy, step=epochs)
+        if state:
+            client.set_tag(run, TAG_STATE, state)
+            client.set_terminated(run, "FINISHED")
+        runs[trial_id] = run
+    wait_for(lambda: status_of(kube_cluster, "ts", "gpu-sweep", namespace).get("mlflow", {}).get("runId") == parent,
+             what="the parent run in status")
+
+    shown = raylight(kube_cluster, "trials", "gpu-sweep", "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[1:-1]]
+            for line in shown.stdout.splitlines() if line.startswith("│")}
+    assert rows["a_00000"][1:4] == ["TERMINATED", "60/60", "0.9100"]
+    assert rows["a_00001"][1:4] == ["STOPPED", "5/60", "0.4200"]
+    assert rows["a_00002"][1:3] == ["RUNNING", "2/60"]
+    assert rows["a_00000"][4] == "learningRate=0.0012" and rows["a_00000"][5] == runs["a_00000"]
+    assert "3 trial(s) started, 21 not yet" in shown.stdout
+    as_json = json.loads(raylight(kube_cluster, "trials", "gpu-sweep", "-n", namespace, "-o", "json").stdout)
+    assert as_json["pending"] == 21 and [t["state"] for t in as_json["trials"]] == [
+        "succeeded", "stopped_early", "running"]
+    assert as_json["trials"][0]["config"] == {"training.learningRate": 0.0012}
+
+    not_a_sweep = raylight(kube_cluster, "trials", "tj/gpu-sweep", "-n", namespace)
+    assert not_a_sweep.returncode == 1 and "no TrainingJob named gpu-sweep" in not_a_sweep.stderr
+
+
+def test_model_gives_the_best_models_uri_from_status_and_downloads_its_files(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess, mlflow_server: str, tmp_path: Path
+) -> None:
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from raylight.api import ModelSpec
+    from raylight.api.tags import TAG_UID
+    from raylight_trainer.model import VisionTransformer, config_from_spec
+    from raylight_trainer.tracking import log_model
+    from raylight_trainer.train import input_shape, model_card
+
+    apply_training_job(kube_cluster, namespace)
+    body = kube_cluster.get("tj", "vit-digits", namespace)
+    assert body is not None
+    early = raylight(kube_cluster, "model", "vit-digits", "-n", namespace)
+    assert early.returncode == 1 and "has no model yet (Pending)" in early.stderr, early
+
+    # The trainer's own end of a run: the model logged (pt2), registered, the run tagged with its URI.
+    client = MlflowClient(mlflow_server)
+    experiment_id = experiment(client, "vit-digits")  # the example's spec.mlflow.experiment
+    run_id = client.create_run(experiment_id, tags={TAG_UID: body["metadata"]["uid"]}).info.run_id
+    network = VisionTransformer(config_from_spec(ModelSpec(preset="vit-nano", image_size=16), 10, 1)).eval()
+    uri = log_model(mlflow_server, run_id, network, input_shape(network), f"digits-{namespace}",
+                    model_card(network, "digits"))
+    assert uri == f"models:/digits-{namespace}/1"
+    kube_cluster.patch_status("rayjob", "tj-vit-digits", namespace,
+                              {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    wait_for(lambda: status_of(kube_cluster, "tj", "vit-digits", namespace).get("mlflow", {}).get("modelUri") == uri,
+             what="the model URI in status")
+
+    shown = raylight(kube_cluster, "model", "tj/vit-digits", "-n", namespace)
+    assert shown.returncode == 0 and f"best model {uri}" in shown.stdout, shown
+    fetched = raylight(kube_cluster, "model", "vit-digits", "-n", namespace, "--download", str(tmp_path / "m"),
+                       "-o", "json")
+    assert fetched.returncode == 0, fetched.stderr
+    files = {Path(f).relative_to(tmp_path / "m").as_posix() for f in json.loads(fetched.stdout)["files"]}
+    assert {"MLmodel", "data/model.pt2"} <= files, files
+    import mlflow.pytorch
+
+    images = torch.randn(3, *input_shape(network))
+    with torch.no_grad():
+        assert torch.allclose(mlflow.pytorch.load_model(str(tmp_path / "m"))(images), network(images), atol=1e-5)

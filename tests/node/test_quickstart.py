@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
+import sys
 import time
 import urllib.error
+from collections import Counter
 
 import pytest
 
@@ -55,6 +60,38 @@ def test_cluster_quickstart_trains_in_pods_and_reports_to_the_bundled_mlflow(
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     versions = client.search_model_versions("name = 'vit-digits'")
     assert versions, "the best model was not registered"
+
+    # The driver's log (the RayJob's submitter pod) is not a terminal: a line per trial event.
+    driver_log = cluster.kubectl("logs", "-n", namespace, "job/ts-vit-digits-asha").stdout
+    for run in children:
+        trial_id = run.data.tags["raylight.trial_id"]
+        assert f"trial {trial_id} started" in driver_log and f"trial {trial_id} epoch 1/" in driver_log, driver_log
+        assert re.search(f"trial {trial_id} (finished|stopped early)", driver_log), driver_log
+
+    # The raylight command as a user runs it; MLflow is reached through the API server's proxy.
+    waited = raylight_command(node, "wait", "vit-digits-asha", "-n", namespace)
+    assert waited.returncode == 0 and "TuneSweep vit-digits-asha succeeded: val_acc=" in waited.stdout, waited
+    shown = raylight_command(node, "trials", "vit-digits-asha", "-n", namespace, "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    listed = json.loads(shown.stdout)["trials"]
+    assert Counter(t["state"] for t in listed) == {"succeeded": trials["succeeded"],
+                                                   "stopped_early": trials["stoppedEarly"]}
+    assert {t["runId"] for t in listed} == {r.info.run_id for r in children}
+    table = raylight_command(node, "trials", "vit-digits-asha", "-n", namespace).stdout
+    assert sum(" STOPPED " in line for line in table.splitlines()) == trials["stoppedEarly"], table
+    assert status["mlflow"]["modelUri"] == f"models:/vit-digits/{versions[0].version}"
+    fetched = raylight_command(node, "model", "vit-digits-asha", "-n", namespace, "--download",
+                               str(cluster.directory / "best-model"), "-o", "json")
+    assert fetched.returncode == 0, fetched.stderr
+    assert any(f.endswith("data/model.pt2") for f in json.loads(fetched.stdout)["files"]), fetched.stdout
+    print(f"\n$ kubectl get ts\n{cluster.kubectl('get', 'ts', '-n', namespace).stdout}"
+          f"\n$ raylight get\n{raylight_command(node, 'get', '-n', namespace).stdout}\n$ raylight trials\n{table}")
+
+
+def raylight_command(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(node.cluster.kubeconfig), "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "raylight.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_bundled_mlflow_answers_its_service_names_and_refuses_others(node: Node, raylight: Release) -> None:

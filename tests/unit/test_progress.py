@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import re
+from types import SimpleNamespace
+
 from rich.console import Console
 
 from raylight.api import BestTrial, TuneSweepStatus
-from raylight.local.progress import TrialTable
+from raylight.local.progress import LiveTrials, TrialTable
 
 
 def test_trial_table_marks_trials_ended_before_max_t_as_stopped() -> None:
@@ -28,3 +32,43 @@ def test_status_is_camel_case_on_the_wire() -> None:
     wire = status.wire()
     assert wire["observedGeneration"] == 2 and wire["bestTrial"]["metric"] == 0.97
     assert "stoppedEarly" in wire["trials"]
+
+
+def test_off_a_terminal_each_trial_event_and_epoch_is_one_log_line() -> None:
+    """In a pod's log or a pipe a live table shows only its last frame: print lines instead."""
+    out = io.StringIO()
+    callback = LiveTrials(TrialTable("val_acc", max_t=3), Console(file=out, width=80))
+    assert callback.lines and callback.live is None
+    config = {"training.learningRate": 0.001}
+    # Tune calls back before it updates trial.status: the callback must not rely on it.
+    t1 = SimpleNamespace(trial_id="t1", status="PENDING", config=config, last_result={})
+    t2 = SimpleNamespace(trial_id="t2", status="PENDING", config=config, last_result={})
+    callback.on_trial_start(0, [], t1)
+    callback.on_trial_start(0, [], t2)
+    callback.on_trial_result(0, [], t1, {"epochs": 1, "val_acc": 0.5})
+    callback.on_trial_result(0, [], t2, {"epochs": 1, "val_acc": 0.25})
+    callback.on_trial_result(0, [], t1, {"epochs": 2, "val_acc": 0.625})
+    t1.status = t2.status = "RUNNING"
+    t2.last_result = {"epochs": 1, "val_acc": 0.25}
+    callback.on_trial_complete(0, [], t2)
+    t1.last_result = {"epochs": 2, "val_acc": 0.625}
+    callback.on_trial_error(0, [], t1)
+    t1.status, t2.status = "ERROR", "TERMINATED"
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]  # without the time
+    assert lines == [
+        "trial t1 started: learningRate=0.001",
+        "trial t2 started: learningRate=0.001",
+        "trial t1 epoch 1/3 val_acc=0.5000",
+        "trial t2 epoch 1/3 val_acc=0.2500",
+        "trial t1 epoch 2/3 val_acc=0.6250",
+        "trial t2 stopped early by ASHA at epoch 1/3, val_acc=0.2500",
+        "trial t1 failed at epoch 2/3",
+    ]
+    # A resumed sweep's restored trial (finished in an earlier run) gets no callbacks but its row.
+    restored = SimpleNamespace(trial_id="t0", status="TERMINATED", config=config,
+                               last_result={"epochs": 3, "val_acc": 0.75})
+    callback.on_experiment_end([restored, t1, t2])  # nothing new: only the final table follows
+    table = out.getvalue().splitlines()[len(lines):]
+    assert any("t1" in line and "ERROR" in line for line in table)
+    assert any("t0" in line and "TERMINATED" in line and "3/3" in line for line in table)
+    assert not any(re.match(r"\d\d:\d\d:\d\d trial ", line) for line in table)

@@ -21,6 +21,15 @@ from raylight.api import DataSpec
 SPLIT_SEED = 0
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Per dataset, the (mean, std) every image is normalised with after scaling pixels to [0, 1]; the
+# logged model's metadata repeats it, for whoever feeds it images without Raylight.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "digits": ((0.3,), (0.38,)),
+    "cifar10": (CIFAR_MEAN, CIFAR_STD),
+    "cifar100": (CIFAR_MEAN, CIFAR_STD),
+    "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
+    "synthetic": ((0.5,) * 3, (0.25,) * 3),
+}
 
 
 class DatasetError(ValueError):
@@ -92,7 +101,7 @@ def load_digits(spec: DataSpec, image_size: int) -> ImageData:
     images = (torch.from_numpy(bunch.images).float() * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()
     train_idx, val_idx = _split(len(labels), spec.validation_fraction)
-    mean, std = (0.3,), (0.38,)
+    mean, std = NORMALIZATION["digits"]
     # No flips (a mirrored digit is another symbol) and shifts of at most half a source pixel:
     # at 8x8 a whole pixel is an eighth of the glyph and costs more accuracy than it buys.
     train_tf = _tensor_transforms(image_size, mean, std, True, False, shift_divisor=16)
@@ -224,15 +233,16 @@ def load_synthetic(spec: DataSpec, image_size: int) -> ImageData:
     noise = torch.rand(spec.synthetic_samples, 3, image_size, image_size, generator=generator)
     images = (0.6 * palette[labels] + 0.4 * noise).mul(255).to(torch.uint8)
     train_idx, val_idx = _split(len(labels), spec.validation_fraction)
-    tf = _tensor_transforms(image_size, (0.5,) * 3, (0.25,) * 3, False, False)
+    mean, std = NORMALIZATION["synthetic"]
+    tf = _tensor_transforms(image_size, mean, std, False, False)
     return ImageData(
         train=TensorImages(images[train_idx], labels[train_idx], tf),
         val=TensorImages(images[val_idx], labels[val_idx], tf),
         num_classes=spec.synthetic_classes,
         in_chans=3,
         class_names=[f"class{i}" for i in range(spec.synthetic_classes)],
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
+        mean=mean,
+        std=std,
     )
 
 

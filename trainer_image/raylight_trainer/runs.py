@@ -35,7 +35,7 @@ from .tracking import (
     root_cause,
     wandb_settings,
 )
-from .train import REPORTED_METRICS, build_trainer, input_shape, load_checkpoint_model, trial_part
+from .train import REPORTED_METRICS, build_trainer, input_shape, load_checkpoint_model, model_card, trial_part
 
 
 @dataclass
@@ -177,7 +177,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
         model = best_checkpoint_model(run_dir / "train", metric, mode)
         if model is not None:
             model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
-                                  spec.mlflow.registered_model_name)
+                                  spec.mlflow.registered_model_name, model_card(model, spec.data.dataset))
             if spec.interpretability.enabled:
                 artifact = attribute_on_cluster(model, trial_part(spec), settings.data_dir, settings.tracking_uri,
                                                 run_id)

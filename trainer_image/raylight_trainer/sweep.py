@@ -39,7 +39,7 @@ from .tracking import (
     resource_tags,
     wandb_settings,
 )
-from .train import build_trainer, input_shape
+from .train import build_trainer, input_shape, model_card
 
 
 def to_tune(dist: Distribution) -> Any:
@@ -246,7 +246,8 @@ def run_sweep(
         model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{best.trial_id}", metric, mode)
         if model is not None:
             result.model_uri = log_model(settings.tracking_uri, parent_run_id, model, input_shape(model),
-                                         spec.mlflow.registered_model_name)
+                                         spec.mlflow.registered_model_name,
+                                         model_card(model, spec.trial.data.dataset))
             _attribute_trials(result, model, spec, experiment_dir, settings, metric, mode)
     counts = result.counts()
     for key, value in counts.items():

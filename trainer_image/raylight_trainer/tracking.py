@@ -17,6 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from raylight.api.tags import (  # noqa: F401  (re-exported for the trainer's modules)
     TAG_BEST_TRIAL_ID,
     TAG_KIND,
+    TAG_MODEL_URI,
     TAG_NAME,
     TAG_NAMESPACE,
     TAG_STATE,
@@ -245,26 +246,33 @@ def metric_history(client: MlflowClient, run_id: str, name: str) -> list[tuple[i
 
 
 def log_model(
-    tracking_uri: str, run_id: str, model: Any, input_shape: tuple[int, ...], registered_model_name: str = ""
+    tracking_uri: str, run_id: str, model: Any, input_shape: tuple[int, ...], registered_model_name: str = "",
+    metadata: dict[str, Any] | None = None,
 ) -> str:
-    """Log a torch module as an MLflow PyTorch model (registered when a name is given); returns its URI."""
+    """Log a torch module as an MLflow PyTorch model (registered when a name is given); returns its
+    URI (`models:/NAME/VERSION` when registered) and tags the run with it (TAG_MODEL_URI).
+
+    The model is a torch.export graph (pt2) with a dynamic batch size: plain `mlflow` and `torch`
+    load it, without Raylight's code and without unpickling anything."""
     import mlflow
     import mlflow.pytorch
     import torch
-    import torchvision
 
     mlflow.set_tracking_uri(tracking_uri)
+    # A batch of 2: torch.export keeps a dimension of size 1 static, so the batch would be fixed.
     example = torch.zeros((2, *input_shape), dtype=torch.float32).numpy()
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model.cpu().eval(),
             name="model",
-            # A pickled module serves any batch size; an exported (pt2) graph is fixed to the example's.
-            serialization_format="pickle",
+            serialization_format="pt2",
             input_example=example,
             registered_model_name=registered_model_name or None,
+            metadata=metadata,
             # Given, not inferred: inference imports and scans every module (slow, and noisy).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"torchvision=={torchvision.__version__.split('+')[0]}"],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
-    return str(info.model_uri)
+    version = getattr(info, "registered_model_version", None)
+    uri = f"models:/{registered_model_name}/{version}" if registered_model_name and version else str(info.model_uri)
+    MlflowClient(tracking_uri).set_tag(run_id, TAG_MODEL_URI, uri)
+    return uri

@@ -210,3 +210,23 @@ def input_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     """(C, H, W) that a trained model takes."""
     cfg: ModelConfig = model.cfg  # type: ignore[assignment]
     return (cfg.in_chans, cfg.image_size, cfg.image_size)
+
+
+def model_card(model: torch.nn.Module, dataset: str) -> dict[str, Any]:
+    """What someone without Raylight needs to feed the logged model (its MLflow metadata): the
+    network's config, and how images become its input."""
+    from dataclasses import asdict
+
+    from .data import NORMALIZATION
+
+    cfg: ModelConfig = model.cfg  # type: ignore[assignment]
+    mean, std = NORMALIZATION[dataset]
+    return {
+        "architecture": "efficientnet" if type(cfg).__name__.startswith("EfficientNet") else "vit",
+        "config": asdict(cfg),
+        "dataset": dataset,
+        "input": {"shape": list(input_shape(model)), "dtype": "float32",
+                  "preprocess": "pixels scaled to [0, 1], resized to shape, then (x - mean) / std per channel",
+                  "mean": list(mean), "std": list(std)},
+        "output": "logits, one per class (argmax: the predicted class index)",
+    }

@@ -34,6 +34,9 @@ class MlflowRef(SpecModel):
     """MLflow experiment id."""
     run_id: str | None = None
     """The run of a TrainingJob, or the parent run of a TuneSweep."""
+    model_uri: str | None = None
+    """The best model, once logged: models:/NAME/VERSION when registered, else models:/ID. A torch.export
+    graph that plain mlflow and torch load (mlflow.pytorch.load_model or mlflow.pyfunc.load_model)."""
 
 
 class TrialCounts(SpecModel):

@@ -1,8 +1,12 @@
-"""Live progress on the terminal: a trial table for sweeps, a progress bar for a TrainingJob."""
+"""Progress of a run: on a terminal a live trial table (sweeps) or a progress bar (TrainingJob);
+elsewhere (a pod's log, a CI job, a pipe) one line per trial event and per epoch, since a live
+display prints only its last frame where it cannot redraw."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from ray.tune import Callback
@@ -21,6 +25,14 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def _config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config.items())
+
+
+def _log_line(console: Console, text: str) -> None:
+    console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 class TrialTable:
     """Rendering of trial rows; kept apart from Tune so it can be tested on plain data."""
 
@@ -28,44 +40,76 @@ class TrialTable:
         self.metric, self.max_t = metric, max_t
         self.rows: dict[str, dict[str, Any]] = {}
 
-    def update(self, trial_id: str, state: str, config: dict[str, Any], result: dict[str, Any] | None) -> None:
+    def update(self, trial_id: str, state: str, config: dict[str, Any], result: dict[str, Any] | None) -> list[str]:
+        """Record a trial's state; return what happened since the last update, as log lines."""
+        row = self.rows.get(trial_id)
+        before = (None, 0) if row is None else (row["state"], row["epochs"])
         row = self.rows.setdefault(trial_id, {"state": state, "config": config, "epochs": 0, "metric": None})
         row["state"], row["config"] = state, config
         if result:
             row["epochs"] = int(result.get("epochs", row["epochs"]) or 0)
             if self.metric in result:
                 row["metric"] = float(result[self.metric])
+        return self._events(trial_id, row, *before)
+
+    def _events(self, trial_id: str, row: dict[str, Any], state: str | None, epochs: int) -> list[str]:
+        events = []
+        if row["state"] == "RUNNING" and state in (None, "PENDING"):
+            events.append(f"trial {trial_id} started: {_config_text(row['config'])}")
+        if row["epochs"] > epochs:
+            metric = "" if row["metric"] is None else f" {self.metric}={row['metric']:.4f}"
+            events.append(f"trial {trial_id} epoch {row['epochs']}/{self.max_t}{metric}")
+        if row["state"] != state and row["state"] in ("TERMINATED", "ERROR"):
+            events.append(f"trial {trial_id} {self._ending(row)}")
+        return events
+
+    def _ending(self, row: dict[str, Any]) -> str:
+        metric = "" if row["metric"] is None else f", {self.metric}={row['metric']:.4f}"
+        if row["state"] == "ERROR":
+            return f"failed at epoch {row['epochs']}/{self.max_t}"
+        if 0 < row["epochs"] < self.max_t:
+            return f"stopped early by ASHA at epoch {row['epochs']}/{self.max_t}{metric}"
+        return f"finished: epoch {row['epochs']}/{self.max_t}{metric}"
 
     def render(self) -> Table:
         table = Table(title="Trials", expand=False)
-        for column in ("trial", "state", "epoch", self.metric, "config"):
+        with_runs = any(row.get("run") for row in self.rows.values())  # the cluster's table names them
+        for column in ("trial", "state", "epoch", self.metric, "config", *(["MLflow run"] if with_runs else [])):
             table.add_column(column)
         for trial_id, row in sorted(self.rows.items()):
             state = row["state"]
             if state == "TERMINATED" and 0 < row["epochs"] < self.max_t:
                 state = "STOPPED"  # ended before maxT: ASHA stopped it
-            config = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in row["config"].items())
             metric = "" if row["metric"] is None else f"{row['metric']:.4f}"
             table.add_row(trial_id, Text(state, style=_STATE_STYLE.get(state, "")),
-                          f"{row['epochs']}/{self.max_t}", metric, config)
+                          f"{row['epochs']}/{self.max_t}", metric, _config_text(row["config"]),
+                          *([row.get("run") or ""] if with_runs else []))
         return table
 
 
 class LiveTrials(Callback):
-    """A Ray Tune callback that keeps a TrialTable current and redraws it live."""
+    """A Ray Tune callback that keeps a TrialTable current: redrawn live on a terminal, else one
+    log line per trial event and epoch."""
 
     def __init__(self, table: TrialTable, console: Console) -> None:
-        self.table = table
-        self.live: Live | None = Live(table.render(), console=console, refresh_per_second=2, transient=False)
+        self.table, self.console = table, console
+        self.lines = not console.is_terminal
+        self.live: Live | None = None if self.lines else Live(
+            table.render(), console=console, refresh_per_second=2, transient=False)
         self.started = False
 
     # Tune pickles its run config (callbacks included) into the experiment state; the live
     # display holds locks and a terminal, and only the driver's own instance draws.
     def __getstate__(self) -> dict[str, Any]:
-        return {"table": self.table, "live": None, "started": False}
+        return {"table": self.table, "console": None, "lines": False, "live": None, "started": False}
 
-    def _refresh(self, trial: Any, result: dict[str, Any] | None = None) -> None:
-        self.table.update(trial.trial_id, trial.status, dict(trial.config), result or trial.last_result)
+    def _refresh(self, trial: Any, result: dict[str, Any] | None = None, state: str | None = None) -> None:
+        # Tune calls back before it sets the trial's new status: the event says what it is.
+        events = self.table.update(trial.trial_id, state or trial.status, dict(trial.config),
+                                   result or trial.last_result)
+        if self.lines and self.console is not None:
+            for event in events:
+                _log_line(self.console, event)
         if self.live is None:
             return
         if not self.started:
@@ -74,23 +118,28 @@ class LiveTrials(Callback):
         self.live.update(self.table.render())
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._refresh(trial)
+        self._refresh(trial, state="RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._refresh(trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._refresh(trial)
+        self._refresh(trial, state="TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._refresh(trial)
+        self._refresh(trial, state="ERROR")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:
-            self.table.update(trial.trial_id, trial.status, dict(trial.config), trial.last_result)
+            seen = trial.trial_id in self.table.rows  # else restored from an earlier run: nothing new
+            events = self.table.update(trial.trial_id, trial.status, dict(trial.config), trial.last_result)
+            for event in events if seen and self.lines and self.console is not None else []:
+                _log_line(self.console, event)
         if self.live is not None and self.started:
             self.live.update(self.table.render())
             self.live.stop()
+        elif self.lines and self.console is not None:
+            self.console.print(self.table.render())
 
 
 class EpochProgress:
@@ -109,22 +158,40 @@ class EpochProgress:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(self.tracking_uri)
+        if not self.console.is_terminal:  # a log: one line per epoch
+            shown = 0
+            for epoch, value in self._epochs(client, find_run_id):
+                if epoch > shown:
+                    shown = epoch
+                    _log_line(self.console, f"epoch {epoch}/{self.total} {self.metric}={value:.4f}")
+            return
         progress = Progress(TextColumn("[bold]training"), BarColumn(),
                             TextColumn("epoch {task.completed}/{task.total}"), TextColumn("{task.fields[metric]}"),
                             TimeElapsedColumn(), console=self.console)
         task = progress.add_task("train", total=self.total, metric="")
         with progress:
-            while not self._stop.wait(1.0):
-                run_id = find_run_id()
-                if not run_id:
-                    continue
-                try:
-                    history = client.get_metric_history(run_id, self.metric)
-                except Exception:
-                    continue
-                if history:
-                    last = max(history, key=lambda m: m.step)
-                    progress.update(task, completed=last.step, metric=f"{self.metric}={last.value:.4f}")
+            for epoch, value in self._epochs(client, find_run_id):
+                if epoch:
+                    progress.update(task, completed=epoch, metric=f"{self.metric}={value:.4f}")
+
+    def _epochs(self, client: Any, find_run_id: Any) -> Iterator[tuple[int, float]]:
+        """(last epoch, its objective) every second until stopped, and once more then: training
+        may have ended between two polls."""
+        while not self._stop.wait(1.0):
+            yield self._last(client, find_run_id)
+        yield self._last(client, find_run_id)
+
+    def _last(self, client: Any, find_run_id: Any) -> tuple[int, float]:
+        """The run's last epoch and its objective; (0, nan) before it has one."""
+        run_id = find_run_id()
+        try:
+            history = client.get_metric_history(run_id, self.metric) if run_id else []
+        except Exception:  # MLflow briefly unreachable: the next poll catches up
+            history = []
+        if not history:
+            return 0, float("nan")
+        last = max(history, key=lambda m: m.step)
+        return int(last.step), float(last.value)
 
     def stop(self) -> None:
         self._stop.set()

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import ssl
 import threading
 import time
 import urllib.error
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 
 from raylight.api import SweepProgress, TrainingJob, TuneSweep
 from raylight.api.manifest import Resource
-from raylight.api.tags import TAG_ERROR, TAG_PARENT_RUN_ID, TAG_PROGRESS, TAG_UID
+from raylight.api.tags import TAG_ERROR, TAG_MODEL_URI, TAG_PARENT_RUN_ID, TAG_PROGRESS, TAG_UID
 
 _TIMEOUT_S = 10
 _MAX_PAUSE_S = 60.0
@@ -47,21 +48,31 @@ class ProgressError(RuntimeError):
 
 
 class MlflowReader:
-    def __init__(self, tracking_uri: str, timeout: float = _TIMEOUT_S) -> None:
+    def __init__(self, tracking_uri: str, timeout: float = _TIMEOUT_S, authorization: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`authorization` and `ssl_context` reach MLflow through the API server's service proxy
+        (the CLI's way in from outside the cluster); by default the MLflow client's variables."""
         self.base = tracking_uri.rstrip("/")
-        self.timeout = timeout
+        self.timeout, self.ssl_context = timeout, ssl_context
         self.headers = {"Content-Type": "application/json"}
-        # The same variables the MLflow client reads.
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-        if token:
+        if authorization:
+            self.headers["Authorization"] = authorization
+        elif token:
             self.headers["Authorization"] = f"Bearer {token}"
         elif user and password:
             self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              query: dict[str, str] | None = None) -> dict[str, Any]:
-        url = f"{self.base}/api/2.0/mlflow/{path}"
+              query: dict[str, str] | None = None, api: str = "mlflow") -> dict[str, Any]:
+        answer = self._request(method, f"{api}/{path}", body, query)
+        return dict(json.loads(answer or b"{}")) if answer is not None else {}
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 query: dict[str, str] | None = None) -> bytes | None:
+        """The answer's bytes; None for 404."""
+        url = f"{self.base}/api/2.0/{path}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = json.dumps(body).encode() if body is not None else None
@@ -70,11 +81,11 @@ class MlflowReader:
         with _requests_lock:
             _requests += 1
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return dict(json.loads(response.read() or b"{}"))
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ssl_context) as response:
+                return bytes(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
-                return {}
+                return None
             raise ProgressError(f"MLflow at {self.base} answered {exc.code} to {path}") from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise ProgressError(f"MLflow at {self.base} cannot be reached: {exc}") from exc
@@ -89,6 +100,20 @@ class MlflowReader:
     def run(self, run_id: str) -> dict[str, Any] | None:
         found = self._call("GET", "runs/get", query={"run_id": run_id})
         return found.get("run")
+
+    def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any]:
+        """GET on MLflow's REST API ({} for 404)."""
+        return self._call("GET", path, query=query)
+
+    def artifact_files(self, path: str) -> list[dict[str, Any]]:
+        """Files and folders under a path of the server's artifact store (mlflow-artifacts:/PATH)."""
+        return list(self._call("GET", "artifacts", query={"path": path}, api="mlflow-artifacts").get("files", []))
+
+    def artifact(self, path: str) -> bytes:
+        answer = self._request("GET", f"mlflow-artifacts/artifacts/{urllib.parse.quote(path)}")
+        if answer is None:
+            raise ProgressError(f"MLflow at {self.base} has no artifact {path}")
+        return answer
 
     def search(self, experiment_id: str, filter_: str, max_results: int) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = []
@@ -139,6 +164,8 @@ def read_progress(resource: Resource, tracking_uri: str, known: dict[str, Any] |
     run_id = run["info"]["run_id"]
     experiment_id = experiment_id or run["info"].get("experiment_id")
     status: dict[str, Any] = {"mlflow": {"trackingUri": tracking_uri, "experimentId": experiment_id, "runId": run_id}}
+    if _tags(run).get(TAG_MODEL_URI):
+        status["mlflow"]["modelUri"] = _tags(run)[TAG_MODEL_URI]
     error_lines = [line.strip() for line in _tags(run).get(TAG_ERROR, "").splitlines() if line.strip()]
     if error_lines:
         status["rootCause"] = error_lines[-1][:1024]  # the exception's own line, within the schema's bound
