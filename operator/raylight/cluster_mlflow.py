@@ -62,8 +62,17 @@ def reader_for(api_client: Any, tracking_uri: str, namespace: str, override: str
     proxied = service_proxy_url(configuration.host, tracking_uri, namespace)
     if proxied is None:
         return MlflowReader(tracking_uri)
-    authorization = configuration.get_api_key_with_prefix("authorization") or None
-    return MlflowReader(proxied, authorization=authorization, ssl_context=_kube_tls(configuration))
+    return MlflowReader(proxied, authorization=_kube_authorization(configuration),
+                        ssl_context=_kube_tls(configuration))
+
+
+def _kube_authorization(configuration: Any) -> str | None:
+    """The Authorization header the kubeconfig's user sends (a bearer token, basic auth), if any;
+    a client certificate goes in the TLS context instead."""
+    for setting in configuration.auth_settings().values():
+        if setting.get("in") == "header" and str(setting.get("key", "")).lower() == "authorization":
+            return str(setting["value"]) if setting.get("value") else None
+    return None
 
 
 def _number(text: str) -> Any:
