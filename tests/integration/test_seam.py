@@ -117,6 +117,8 @@ def test_rendered_rayjob_trains_and_status_reads_back(
     assert status["bestTrial"]["config"] == pytest.approx(summary["bestConfig"])
     assert status["mlflow"] == {"trackingUri": operator.tracking_uri,
                                 "experimentId": summary["mlflow"]["experimentId"],
-                                "runId": summary["mlflow"]["parentRunId"]}
+                                "runId": summary["mlflow"]["parentRunId"],
+                                "modelUri": summary["mlflow"]["modelUri"]}
+    assert summary["mlflow"]["modelUri"].startswith("models:/")
     manifest = yaml.safe_load((tmp_path / "pod" / "etc" / "raylight" / "manifest.yaml").read_text())
     assert manifest["metadata"]["uid"] == rayjob["metadata"]["ownerReferences"][0]["uid"]
