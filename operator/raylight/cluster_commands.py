@@ -19,11 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from raylight.api import GROUP, VERSION
+from raylight.api.crd import KIND_INFO
+from raylight.operator.state import find_condition
 
-KINDS = {"TrainingJob": "trainingjobs", "TuneSweep": "tunesweeps"}
+KINDS = {kind: str(info["plural"]) for kind, info in KIND_INFO.items()}
 # What `kind/NAME` may say, as kubectl accepts it: kind, plural or short name, any case.
-_KIND_WORDS = {"trainingjob": "TrainingJob", "trainingjobs": "TrainingJob", "tj": "TrainingJob",
-               "tunesweep": "TuneSweep", "tunesweeps": "TuneSweep", "ts": "TuneSweep"}
+_KIND_WORDS = {word: kind for kind, info in KIND_INFO.items()
+               for word in (kind.lower(), info["plural"], *info["short"])}
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 3
 
 
@@ -35,7 +37,7 @@ class CommandError(Exception):
 class Target:
     custom: Any  # kubernetes.client.CustomObjectsApi
     namespace: str
-    api: Any = None  # kubernetes.client.ApiClient
+    api: Any  # kubernetes.client.ApiClient
 
 
 def connect(args: argparse.Namespace) -> Target:
@@ -68,13 +70,10 @@ def _pod_namespace() -> str:
         return "default"
 
 
-def _api_error(exc: Exception) -> CommandError:
-    body = getattr(exc, "body", None)
-    try:
-        message = json.loads(body)["message"] if body else str(exc)
-    except (ValueError, KeyError, TypeError):
-        message = str(exc)
-    return CommandError(f"the API server said: {message}")
+def _api_error(exc: Any) -> CommandError:
+    from raylight.operator.kube import api_message
+
+    return CommandError(f"the API server said: {api_message(exc)}")
 
 
 def resolve(target: Target, reference: str) -> dict[str, Any]:
@@ -124,8 +123,8 @@ def summarize(resource: dict[str, Any], now: datetime.datetime) -> dict[str, Any
     else:
         max_epochs = ((spec.get("training") or {}).get("maxEpochs")) or 10
         progress, metric = f"{status.get('epoch') or 0}/{max_epochs} epochs", status.get("metric")
-    failed = next((c for c in status.get("conditions", []) if c.get("type") == "Failed"
-                   and c.get("status") == "True"), None)
+    failed = find_condition(status, "Failed")
+    failed = failed if failed and failed.get("status") == "True" else None
     return {
         "kind": kind, "name": resource["metadata"]["name"], "namespace": resource["metadata"].get("namespace"),
         "phase": status.get("phase") or "Pending", "progress": progress,

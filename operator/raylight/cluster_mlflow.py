@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from raylight.api.tags import TAG_PARENT_RUN_ID, TAG_STATE, TAG_TRIAL_ID
-from raylight.operator.progress import MlflowReader
+from raylight.operator.progress import MlflowReader, run_metrics, run_tags
 
 # The trainer's end states (TAG_STATE) as the trial table shows them (Tune's words, as locally).
 _TABLE_STATE = {"succeeded": "TERMINATED", "stopped_early": "TERMINATED", "failed": "ERROR",
@@ -88,10 +88,8 @@ def trial_rows(reader: MlflowReader, experiment_id: str, parent_run_id: str, met
     runs = reader.search(experiment_id, f"tags.`{TAG_PARENT_RUN_ID}` = '{parent_run_id}'", 10_000)
     rows = []
     for run in runs:
-        data, info = run.get("data") or {}, run.get("info") or {}
-        tags = {t["key"]: t["value"] for t in data.get("tags", [])}
-        metrics = {m["key"]: float(m["value"]) for m in data.get("metrics", [])}
-        params = {p["key"]: p["value"] for p in data.get("params", [])}
+        info, tags, metrics = run.get("info") or {}, run_tags(run), run_metrics(run)
+        params = {p["key"]: p["value"] for p in (run.get("data") or {}).get("params", [])}
         rows.append({
             "trial": tags.get(TAG_TRIAL_ID, info.get("run_id")),
             "state": tags.get(TAG_STATE) or _MLFLOW_STATE.get(info.get("status", ""), "running"),

@@ -133,11 +133,11 @@ class MlflowReader:
         return runs
 
 
-def _tags(run: dict[str, Any]) -> dict[str, str]:
+def run_tags(run: dict[str, Any]) -> dict[str, str]:
     return {t["key"]: t["value"] for t in (run.get("data") or {}).get("tags", [])}
 
 
-def _metrics(run: dict[str, Any]) -> dict[str, float]:
+def run_metrics(run: dict[str, Any]) -> dict[str, float]:
     return {m["key"]: float(m["value"]) for m in (run.get("data") or {}).get("metrics", [])}
 
 
@@ -164,14 +164,15 @@ def read_progress(resource: Resource, tracking_uri: str, known: dict[str, Any] |
     run_id = run["info"]["run_id"]
     experiment_id = experiment_id or run["info"].get("experiment_id")
     status: dict[str, Any] = {"mlflow": {"trackingUri": tracking_uri, "experimentId": experiment_id, "runId": run_id}}
-    if _tags(run).get(TAG_MODEL_URI):
-        status["mlflow"]["modelUri"] = _tags(run)[TAG_MODEL_URI]
-    error_lines = [line.strip() for line in _tags(run).get(TAG_ERROR, "").splitlines() if line.strip()]
+    tags = run_tags(run)
+    if tags.get(TAG_MODEL_URI):
+        status["mlflow"]["modelUri"] = tags[TAG_MODEL_URI]
+    error_lines = [line.strip() for line in tags.get(TAG_ERROR, "").splitlines() if line.strip()]
     if error_lines:
         status["rootCause"] = error_lines[-1][:1024]  # the exception's own line, within the schema's bound
     metric = spec.objective.metric
     if isinstance(resource, TrainingJob):
-        metrics = _metrics(run)
+        metrics = run_metrics(run)
         if "epoch" in metrics:
             status["epoch"] = int(metrics["epoch"])
         if metric in metrics and math.isfinite(metrics[metric]):
@@ -180,7 +181,7 @@ def read_progress(resource: Resource, tracking_uri: str, known: dict[str, Any] |
     assert isinstance(resource, TuneSweep)
     # The driver keeps the sweep's progress on this one run (api SweepProgress): no trial search.
     try:
-        progress = SweepProgress.model_validate_json(_tags(run).get(TAG_PROGRESS) or "")
+        progress = SweepProgress.model_validate_json(tags.get(TAG_PROGRESS) or "")
     except ValidationError:
         return status  # not written yet (or by a trainer older than the contract)
     counts = progress.trials
