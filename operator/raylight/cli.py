@@ -84,10 +84,17 @@ def _run(args: argparse.Namespace) -> int:
             print_summary(summary, console)
     if args.output == "json":
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
+    return run_exit_code(summaries, args.allow_failed_trials, console)
+
+
+def run_exit_code(summaries: list[dict[str, Any]], allow_failed_trials: bool, console: Console) -> int:
+    """`raylight run`'s verdict on its runs' summaries: 1 for a failed run, and for a sweep some of
+    whose trials failed unless that is allowed (the operator's driver allows it: the sweep's
+    status counts them)."""
     if not all(s["succeeded"] for s in summaries):
         return EXIT_FAILED
     failed_trials = sum((s.get("trials") or {}).get("failed", 0) for s in summaries)
-    if failed_trials and not args.allow_failed_trials:
+    if failed_trials and not allow_failed_trials:
         console.print(f"[red]{failed_trials} trial(s) failed[/red]: exit {EXIT_FAILED} "
                       "(--allow-failed-trials accepts a sweep whose best trial is enough)")
         return EXIT_FAILED
@@ -151,7 +158,7 @@ def build_parser(prog: str = "raylight") -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="directory that relative data.path values are resolved against")
     run.add_argument("--storage-path", help="checkpoints and sweep state (default: ./raylight_results)")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
-    run.add_argument("--output", choices=("text", "json"), default="text",
+    run.add_argument("--output", "-o", choices=("text", "json"), default="text",
                      help="json: a machine-readable summary on stdout")
     run.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
     run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")

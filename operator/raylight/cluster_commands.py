@@ -1,4 +1,5 @@
-"""`raylight get`, `wait`, `trials` and `model`: the TrainingJobs and TuneSweeps of a cluster, as a user reads them.
+"""`raylight get`, `wait`, `trials`, `model` (and `logs`, in cluster_logs): the TrainingJobs and
+TuneSweeps of a cluster, as a user reads them.
 
 They talk to the API server as kubectl does (the current kubeconfig context and its namespace,
 `--context`, `-n`), so `kubectl raylight get` works too (the `kubectl-raylight` script).
@@ -365,6 +366,10 @@ def add_commands(commands: Any) -> None:
     model_parser.add_argument("--tracking-uri", help="reach MLflow here instead of the URI in the status")
     cluster_flags(model_parser)
     model_parser.set_defaults(handler=guarded(model))
+
+    from raylight.cluster_logs import add_logs_command
+
+    add_logs_command(commands, cluster_flags, guarded)
 
 
 def guarded(command: Any) -> Any:

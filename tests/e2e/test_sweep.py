@@ -136,26 +136,66 @@ def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> 
     assert result.model_uri == f"models:/vit-asha-best/{versions[0].version}"
     card = mlflow.models.get_model_info(result.model_uri).metadata
     assert card["config"]["dim"] == result.best.config["model.dim"] and card["architecture"] == "vit"
+    assert card["classes"] == [str(digit) for digit in range(10)]
+    # Each trial's console output is kept on its run: a line per epoch it trained.
+    for run in children:
+        kept = trial_log(client, run.info.run_id)
+        trial = next(t for t in result.trials if t.run_id == run.info.run_id)
+        assert "worker 1/1 on " in kept and f"epoch {trial.epochs}/4 " in kept, kept
     model = mlflow.pytorch.load_model(result.model_uri)
     assert model(torch.zeros(3, *card["input"]["shape"])).shape == (3, card["config"]["num_classes"])
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_failed_trial_does_not_fail_the_sweep(tmp_path: Path, mlflow_server: str) -> None:
-    write_imagefolder(tmp_path / "pets", per_class=8)
+def test_a_failed_trial_does_not_fail_the_sweep_but_fails_the_command(
+    workdir: Path, mlflow_server: str, capsys: pytest.CaptureFixture
+) -> None:
+    """`raylight run` as a script sees it: exit 1 when a trial failed, 0 with --allow-failed-trials
+    (the cluster's way); the failed trial's log, kept in MLflow, ends with why it failed."""
+    import io
+    import json
+
+    import yaml
+    from rich.console import Console
+
+    from raylight.cli import main, run_exit_code
+
+    write_imagefolder(workdir / "pets", classes=("cat", "dog"), per_class=8)
     doc = sweep_doc("with-failure", numSamples=4, searchSpace={"data.path": {"choice": ["pets", "missing"]}})
     doc["spec"]["trial"]["data"] = {"dataset": "imagefolder", "path": "pets"}
     doc["spec"]["trial"]["training"]["maxEpochs"] = 1
     doc["spec"]["trial"]["faultTolerance"] = {"maxFailures": 0}
-    result = run_sweep(as_sweep(doc), RunSettings(tracking_uri=mlflow_server, storage_path=tmp_path / "r",
-                                                  data_dir=str(tmp_path)))
-    counts = result.counts()
+    doc["spec"]["mlflow"]["registeredModelName"] = "pets-best"
+    manifest = workdir / "sweep.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    command = ["run", str(manifest), "--tracking-uri", mlflow_server, "--data-dir", str(workdir), "-o", "json"]
+    assert main(command) == 1
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    counts = summary["trials"]
     assert counts["failed"] >= 1 and counts["succeeded"] >= 1, counts
+    assert f"{counts['failed']} trial(s) failed" in captured.err and "--allow-failed-trials" in captured.err
     client = MlflowClient(mlflow_server)
-    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
-    failed = [t for t in result.trials if t.state == "failed"]
-    for trial in failed:
-        assert trial.config["data.path"] == "missing"
-        run = client.get_run(trial.run_id)
-        assert run.info.status == "FAILED"
-        assert str(tmp_path / "missing") in run.data.tags["raylight.error"]
+    assert client.get_run(summary["mlflow"]["parentRunId"]).info.status == "FINISHED"
+    children = {r.data.tags["raylight.trial_id"]: r for r in client.search_runs(
+        [summary["mlflow"]["experimentId"]], f"tags.`mlflow.parentRunId` = '{summary['mlflow']['parentRunId']}'")}
+    for trial_id, error in summary["failedTrials"].items():
+        run = children[trial_id]
+        assert run.info.status == "FAILED" and str(workdir / "missing") in run.data.tags["raylight.error"]
+        assert str(workdir / "missing") in error
+        kept = trial_log(client, run.info.run_id)
+        assert "Traceback" in kept and str(workdir / "missing") in kept.strip().splitlines()[-1], kept
+    succeeded = [r for r in children.values() if r.data.tags["raylight.state"] == "succeeded"]
+    assert "epoch 1/1 " in trial_log(client, succeeded[0].info.run_id)
+    # The model's card names its outputs: the image folder's class folders, in label order.
+    assert mlflow.models.get_model_info(summary["mlflow"]["modelUri"]).metadata["classes"] == ["cat", "dog"]
+    # The cluster's driver passes --allow-failed-trials: this summary, and exit 0 (tests/unit/test_cli).
+    assert run_exit_code([summary], True, Console(file=io.StringIO())) == 0
+
+
+def trial_log(client: MlflowClient, run_id: str) -> str:
+    """A training worker's output, as the trainer keeps it in MLflow (what `raylight logs` reads)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        return Path(client.download_artifacts(run_id, "logs/worker-0.log", scratch)).read_text()

@@ -31,6 +31,20 @@ def experiment(client: Any, name: str) -> str:
     return str(found.experiment_id if found else client.create_experiment(name))
 
 
+def sweep_running(cluster: Cluster, namespace: str, mlflow_server: str, body: dict[str, Any]) -> tuple[Any, str, str]:
+    """The gpu-sweep example's RayJob running and its parent run opened, as the trainer opens it:
+    (MLflow client, experiment id, parent run id)."""
+    from mlflow.tracking import MlflowClient
+
+    from raylight.api.tags import TAG_UID
+
+    cluster.patch_status("rayjob", "ts-gpu-sweep", namespace,
+                         {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    client = MlflowClient(mlflow_server)
+    experiment_id = experiment(client, "vit-cifar10")  # the example's spec.mlflow.experiment
+    return client, experiment_id, client.create_run(experiment_id, tags={TAG_UID: body["metadata"]["uid"]}).info.run_id
+
+
 def start_wait(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-m", "raylight.cli", "wait", *args], env=env, text=True,
@@ -119,19 +133,13 @@ def test_trials_shows_the_sweeps_trial_table_from_its_mlflow_runs(
 ) -> None:
     """The trial runs as the trainer leaves them (tags of raylight.api.tags); the node test reads a
     real sweep's through the API server's proxy."""
-    from mlflow.tracking import MlflowClient
-
-    from raylight.api.tags import TAG_PARENT_RUN_ID, TAG_STATE, TAG_TRIAL_ID, TAG_UID
+    from raylight.api.tags import TAG_PARENT_RUN_ID, TAG_STATE, TAG_TRIAL_ID
 
     assert kube_cluster.apply(gpu_sweep(), namespace).returncode == 0
     body = wait_for(lambda: kube_cluster.get("ts", "gpu-sweep", namespace), what="the sweep")
     pending = raylight(kube_cluster, "trials", "gpu-sweep", "-n", namespace)
     assert pending.returncode == 0 and "0 trial(s) started, 24 not yet" in pending.stdout, pending
-    kube_cluster.patch_status("rayjob", "ts-gpu-sweep", namespace,
-                              {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
-    client = MlflowClient(mlflow_server)
-    experiment_id = experiment(client, "vit-cifar10")  # the example's spec.mlflow.experiment
-    parent = client.create_run(experiment_id, tags={TAG_UID: body["metadata"]["uid"]}).info.run_id
+    client, experiment_id, parent = sweep_running(kube_cluster, namespace, mlflow_server, body)
     trials = {"a_00000": ("succeeded", 60, 0.91), "a_00001": ("stopped_early", 5, 0.42), "a_00002": (None, 2, 0.3)}
     runs = {}
     for trial_id, (state, epochs, accuracy) in trials.items():
@@ -208,3 +216,58 @@ def test_model_gives_the_best_models_uri_from_status_and_downloads_its_files(
     images = torch.randn(3, *input_shape(network))
     with torch.no_grad():
         assert torch.allclose(mlflow.pytorch.load_model(str(tmp_path / "m"))(images), network(images), atol=1e-5)
+
+
+def test_logs_reads_the_driver_and_trial_logs_the_trainer_kept_in_mlflow(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess, mlflow_server: str
+) -> None:
+    """No pod runs here, so the copies kept in MLflow are read (the node test reads a live pod's log)."""
+    from raylight.api.tags import TAG_PARENT_RUN_ID, TAG_TRIAL_ID
+
+    assert kube_cluster.apply(gpu_sweep(), namespace).returncode == 0
+    body = wait_for(lambda: kube_cluster.get("ts", "gpu-sweep", namespace), what="the sweep")
+    early = raylight(kube_cluster, "logs", "gpu-sweep", "-n", namespace)
+    assert early.returncode == 1 and "is Pending: no log of its driver yet (-f waits for it)" in early.stderr, early
+
+    client, experiment_id, parent = sweep_running(kube_cluster, namespace, mlflow_server, body)
+    client.log_text(parent, "trial a_00001 started\n", "logs/driver.log")
+    trial = client.create_run(experiment_id, tags={TAG_PARENT_RUN_ID: parent, TAG_TRIAL_ID: "a_00001"}).info.run_id
+    client.log_text(trial, "worker 1/2 on node-a\nepoch 1/60 val_acc=0.5000\n", "logs/worker-0.log")
+    client.log_text(trial, "worker 2/2 on node-b\n", "logs/worker-1.log")
+    wait_for(lambda: status_of(kube_cluster, "ts", "gpu-sweep", namespace).get("mlflow", {}).get("runId") == parent,
+             what="the parent run in status")
+
+    driver = raylight(kube_cluster, "logs", "gpu-sweep", "-n", namespace)
+    assert driver.returncode == 0 and driver.stdout == "trial a_00001 started\n", driver
+    assert f"MLflow run {parent} (logs/driver.log)" in driver.stderr
+    workers = raylight(kube_cluster, "logs", "gpu-sweep", "--trial", "00001", "-n", namespace)
+    assert workers.returncode == 0, workers.stderr
+    assert workers.stdout == ("==> worker-0.log <==\nworker 1/2 on node-a\nepoch 1/60 val_acc=0.5000\n"
+                              "==> worker-1.log <==\nworker 2/2 on node-b\n")
+    as_json = json.loads(raylight(kube_cluster, "logs", "gpu-sweep", "--trial", "a_00001", "-n", namespace,
+                                  "-o", "json").stdout)
+    assert as_json["logs"]["worker-1.log"] == "worker 2/2 on node-b\n"
+    unknown = raylight(kube_cluster, "logs", "gpu-sweep", "--trial", "7", "-n", namespace)
+    assert unknown.returncode == 1 and "no log of trial 7's workers yet" in unknown.stderr, unknown
+    wrong_flag = raylight(kube_cluster, "logs", "gpu-sweep", "--workers", "-n", namespace)
+    assert wrong_flag.returncode == 1 and "use --trial ID (raylight trials gpu-sweep lists them)" in wrong_flag.stderr
+
+    # -f prints what the log gains and ends when the trial's run does.
+    env = {**os.environ, "KUBECONFIG": str(kube_cluster.kubeconfig)}
+    following = subprocess.Popen([sys.executable, "-m", "raylight.cli", "logs", "gpu-sweep", "--trial", "a_00001",
+                                  "-f", "-n", namespace], env=env, text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+    wait_for(lambda: following.poll() is None and _exists(client, trial, "logs/worker-0.log"), what="the follower")
+    client.log_text(trial, "worker 1/2 on node-a\nepoch 1/60 val_acc=0.5000\nepoch 2/60 val_acc=0.7000\n",
+                    "logs/worker-0.log")
+    client.set_terminated(trial, "FINISHED")
+    out, err = following.communicate(timeout=60)
+    assert following.returncode == 0, err
+    assert out.count("epoch 1/60") == 1 and out.index("epoch 1/60") < out.index("epoch 2/60"), out
+
+    job_trial = raylight(kube_cluster, "logs", "trainingjob/nothing", "-n", namespace)
+    assert job_trial.returncode == 1 and "no TrainingJob named nothing" in job_trial.stderr
+
+
+def _exists(client: Any, run_id: str, path: str) -> bool:
+    return any(f.path == path for f in client.list_artifacts(run_id, path.rsplit("/", 1)[0]))

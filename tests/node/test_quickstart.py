@@ -84,8 +84,25 @@ def test_cluster_quickstart_trains_in_pods_and_reports_to_the_bundled_mlflow(
                                str(cluster.directory / "best-model"), "-o", "json")
     assert fetched.returncode == 0, fetched.stderr
     assert any(f.endswith("data/model.pt2") for f in json.loads(fetched.stdout)["files"]), fetched.stdout
+    check_logs(node, namespace, [t["trial"] for t in listed])
     print(f"\n$ kubectl get ts\n{cluster.kubectl('get', 'ts', '-n', namespace).stdout}"
           f"\n$ raylight get\n{raylight_command(node, 'get', '-n', namespace).stdout}\n$ raylight trials\n{table}")
+
+
+def check_logs(node: Node, namespace: str, trial_ids: list[str]) -> None:
+    """raylight logs: the driver's from its pod, a trial's workers' and (once the pod is gone) the
+    driver's from the copies the trainer kept in the bundled MLflow."""
+    driver = raylight_command(node, "logs", "vit-digits-asha", "-n", namespace)
+    assert driver.returncode == 0 and "# pod/" in driver.stderr, driver.stderr
+    assert all(f"trial {trial_id} started" in driver.stdout for trial_id in trial_ids), driver.stdout
+    worker = raylight_command(node, "logs", "vit-digits-asha", "--trial", trial_ids[0], "-n", namespace)
+    assert worker.returncode == 0, worker.stderr
+    assert "worker 1/1 on " in worker.stdout and "epoch 1/" in worker.stdout, worker.stdout
+    node.cluster.kubectl("delete", "pod", "-n", namespace, "-l", "raylight.dev/role=submitter", "--wait=true")
+    kept = raylight_command(node, "logs", "vit-digits-asha", "-n", namespace)
+    assert kept.returncode == 0 and "# MLflow run " in kept.stderr, kept.stderr
+    assert all(f"trial {trial_id} started" in kept.stdout for trial_id in trial_ids), kept.stdout
+    print(f"\n$ raylight logs vit-digits-asha --trial {trial_ids[0]}\n{worker.stdout}")
 
 
 def raylight_command(node: Node, *args: str) -> subprocess.CompletedProcess[str]:

@@ -250,3 +250,22 @@ def test_wandb_needs_a_project() -> None:
     doc = sweep(tracking={"wandb": {"mode": "offline"}})
     errors = errors_of(doc)
     assert errors[0][0] == "spec.tracking.wandb.project"
+
+
+def test_run_exits_non_zero_for_failed_trials_unless_they_are_allowed() -> None:
+    """The verdict on the summaries `raylight run` prints (tests/e2e/test_sweep makes a real one)."""
+    import io
+
+    from rich.console import Console
+
+    from raylight.cli import run_exit_code
+
+    sweep = {"kind": "TuneSweep", "succeeded": True, "trials": {"total": 4, "failed": 1}}
+    said = io.StringIO()
+    assert run_exit_code([sweep], False, Console(file=said, width=200)) == 1
+    assert "1 trial(s) failed: exit 1 (--allow-failed-trials accepts" in said.getvalue()
+    assert run_exit_code([sweep], True, Console(file=io.StringIO())) == 0
+    all_failed = {**sweep, "succeeded": False, "trials": {"total": 4, "failed": 4}}
+    assert run_exit_code([all_failed], True, Console(file=io.StringIO())) == 1  # a failed run is never allowed
+    job = {"kind": "TrainingJob", "succeeded": True}
+    assert run_exit_code([job, sweep], True, Console(file=io.StringIO())) == 0

@@ -10,5 +10,10 @@ import sys
 
 from raylight.cli import main
 
+from .run_logs import kept_driver_output
+
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    # The driver's output is the pod's log; kept in MLflow too, it outlives the pod.
+    with kept_driver_output():
+        code = main(["run", *sys.argv[1:]])
+    sys.exit(code)

@@ -42,11 +42,14 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class ImageClassifier(pl.LightningModule):
-    def __init__(self, model: dict[str, Any], training: dict[str, Any], architecture: str = "vit") -> None:
-        """model: the architecture's config fields; training: the TrainingSpec (snake_case)."""
+    def __init__(self, model: dict[str, Any], training: dict[str, Any], architecture: str = "vit",
+                 class_names: list[str] | None = None) -> None:
+        """model: the architecture's config fields; training: the TrainingSpec (snake_case);
+        class_names: the dataset's, in label order (kept in the checkpoint for the model's card)."""
         super().__init__()
         self.save_hyperparameters()
         self.net = create_model(architecture, model)
+        self.class_names = list(class_names or [])
         self.config: ModelConfig = self.net.cfg  # type: ignore[assignment]
         self.training_spec = training
         classes = self.config.num_classes

@@ -22,6 +22,7 @@ from raylight.api.tags import TAG_ERROR
 
 from .attributions import attribute_on_cluster
 from .resources import check_fits
+from .run_logs import keep_driver_log
 from .tracking import (
     TAG_STATE,
     ensure_experiment,
@@ -153,6 +154,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     else:
         run_id = saved["run_id"]
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    keep_driver_log(settings.tracking_uri, run_id)
     resolved = resolved_spec(spec)
     if created:
         log_params(client, run_id, flatten(resolved))

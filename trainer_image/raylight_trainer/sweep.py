@@ -20,6 +20,7 @@ from raylight.api.tags import TAG_ERROR
 
 from .attributions import attribute_on_cluster
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
+from .run_logs import keep_driver_log
 from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash, with_run
 from .sweep_progress import ProgressReporter, trial_error, trial_state, write_progress
 from .tracking import (
@@ -180,6 +181,7 @@ def run_sweep(
                  "tunesweep.yaml")
         save_state(experiment_dir, spec_hash=digest, parent_run_id=parent_run_id, uid=sweep.metadata.uid)
 
+    keep_driver_log(settings.tracking_uri, parent_run_id)
     context = TrialContext(
         sweep_name=name,
         base_trial=spec.trial.wire(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from raylight.api import ObjectiveSpec, TrialSpec
+from raylight.api.tags import worker_log
 
 from .data import load_data
 from .model import ModelConfig, config_from_spec
 from .module import ImageClassifier
+from .run_logs import LogKeeper, kept_output
 from .tracking import MlflowEpochLogger, WandbEpochLogger
 
 REPORTED_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "val_auroc", "lr")
@@ -73,9 +76,37 @@ def build_callbacks(spec: TrialSpec, objective: ObjectiveSpec) -> list[pl.Callba
     return callbacks
 
 
+class EpochLine(pl.Callback):
+    """A line per epoch in the worker's log, which `raylight logs` shows (rank 0's: all ranks
+    see the same synchronised metrics). The log is uploaded then, before the epoch is reported:
+    a trial that ASHA stops there is ended without a chance to upload it later."""
+
+    def __init__(self, max_epochs: int, keeper: LogKeeper | None = None) -> None:
+        self.max_epochs, self.keeper = max_epochs, keeper
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        metrics = " ".join(f"{name}={float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items())
+                           if name in REPORTED_METRICS)
+        print(f"epoch {trainer.current_epoch + 1}/{self.max_epochs} {metrics}", flush=True)
+        if self.keeper is not None:
+            self.keeper.upload()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: data, model, Lightning trainer, fit (resuming if asked)."""
+    """Runs on every Ray Train worker; its output is kept on the run's MLflow run (`logs/`)."""
     worker = WorkerConfig(**config)
+    if not (worker.tracking_uri and worker.run_id):
+        fit_worker(worker)
+        return
+    with kept_output(worker_log(ray.train.get_context().get_world_rank()), worker.tracking_uri,
+                     worker.run_id) as keeper:
+        fit_worker(worker, keeper)
+
+
+def fit_worker(worker: WorkerConfig, keeper: LogKeeper | None = None) -> None:
+    """One worker's part: data, model, Lightning trainer, fit (resuming if asked)."""
     spec = TrialSpec.model_validate(worker.spec)
     context = ray.train.get_context()
     world_size, rank = context.get_world_size(), context.get_world_rank()
@@ -102,9 +133,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_sampler = ShardSampler(len(data.val), rank, world_size)  # type: ignore[arg-type]
     val_loader = DataLoader(data.val, sampler=val_sampler, **loader_args)
     module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump(),
-                             architecture=spec.model.architecture)
+                             architecture=spec.model.architecture, class_names=list(data.class_names))
 
-    callbacks = build_callbacks(spec, ObjectiveSpec.model_validate(worker.objective))
+    print(f"worker {rank + 1}/{world_size} on {socket.gethostname()}: {spec.data.dataset}, "
+          f"{len(data.train)} training and {len(data.val)} validation images, "  # type: ignore[arg-type]
+          f"{spec.model.preset or spec.model.architecture} with {sum(p.numel() for p in module.parameters()):,} "
+          "parameters", flush=True)
+    callbacks = [*build_callbacks(spec, ObjectiveSpec.model_validate(worker.objective)),
+                 EpochLine(spec.training.max_epochs, keeper)]
     logger_cb: MlflowEpochLogger | None = None
     if rank == 0 and worker.tracking_uri and worker.run_id:
         logger_cb = MlflowEpochLogger(worker.tracking_uri, worker.run_id, REPORTED_METRICS,
@@ -203,7 +239,9 @@ def load_checkpoint_model(checkpoint_dir: str | Path) -> torch.nn.Module:
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     module = ImageClassifier.load_from_checkpoint(str(path), map_location="cpu")
-    return module.net.eval()
+    network = module.net.eval()
+    setattr(network, "class_names", module.class_names)  # noqa: B010 (for model_card: the outputs, named)
+    return network
 
 
 def input_shape(model: torch.nn.Module) -> tuple[int, int, int]:
@@ -229,4 +267,6 @@ def model_card(model: torch.nn.Module, dataset: str) -> dict[str, Any]:
                   "preprocess": "pixels scaled to [0, 1], resized to shape, then (x - mean) / std per channel",
                   "mean": list(mean), "std": list(std)},
         "output": "logits, one per class (argmax: the predicted class index)",
+        # Names in label order: an output's index is its class's position here.
+        "classes": list(getattr(model, "class_names", None) or [str(i) for i in range(cfg.num_classes)]),
     }

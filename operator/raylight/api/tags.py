@@ -19,3 +19,12 @@ TAG_ERROR = "raylight.error"
 # The best model's MLflow URI (models:/NAME/VERSION when registered), on a TrainingJob's run or a
 # sweep's parent run once logged: the operator copies it into status.mlflow.modelUri.
 TAG_MODEL_URI = "raylight.model_uri"
+# Console output kept as artifacts of the run it belongs to, so that it outlives the Ray cluster:
+# the driver's on a sweep's parent run (or a TrainingJob's run), each training worker's on its
+# trial's run (or the TrainingJob's). `raylight logs` reads them back.
+LOG_ARTIFACT_DIR = "logs"
+DRIVER_LOG = "driver.log"
+
+
+def worker_log(rank: int) -> str:
+    return f"worker-{rank}.log"

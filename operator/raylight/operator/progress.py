@@ -110,10 +110,14 @@ class MlflowReader:
         return list(self._call("GET", "artifacts", query={"path": path}, api="mlflow-artifacts").get("files", []))
 
     def artifact(self, path: str) -> bytes:
-        answer = self._request("GET", f"mlflow-artifacts/artifacts/{urllib.parse.quote(path)}")
+        answer = self.artifact_if_any(path)
         if answer is None:
             raise ProgressError(f"MLflow at {self.base} has no artifact {path}")
         return answer
+
+    def artifact_if_any(self, path: str) -> bytes | None:
+        """A file of the server's artifact store; None when it has none there."""
+        return self._request("GET", f"mlflow-artifacts/artifacts/{urllib.parse.quote(path)}")
 
     def search(self, experiment_id: str, filter_: str, max_results: int) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = []
