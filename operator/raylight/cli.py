@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -60,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"[dim]skip[/dim] {escape(note)}", soft_wrap=True)
     from raylight.local.runner import LocalOptions, print_summary, run_resource
     from raylight_trainer.data import DatasetError
+    from raylight_trainer.interrupt import exit_code as interrupt_exit_code
+    from raylight_trainer.interrupt import handling_signals, received_signal, signal_name
     from raylight_trainer.resources import ResourceError
 
     options = LocalOptions(
@@ -67,21 +70,29 @@ def _run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus, fresh=args.fresh, verbose=args.verbose,
     )
     summaries: list[dict[str, Any]] = []
-    for resource in resources:
-        # Inside a RayJob (RAY_ADDRESS set by KubeRay) the run joins that cluster: say so.
-        where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") \
-            else "a local Ray instance"
-        console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on {where}")
-        try:
-            # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
-            with contextlib.redirect_stdout(sys.stderr):
-                summary = run_resource(resource, options, console)
-        except (ResourceError, DatasetError, RuntimeError) as exc:
-            console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}")
-            return 1
-        summaries.append(summary)
-        if args.output == "text":
-            print_summary(summary, console)
+    with handling_signals():
+        for resource in resources:
+            # Inside a RayJob (RAY_ADDRESS set by KubeRay) the run joins that cluster: say so.
+            where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") \
+                else "a local Ray instance"
+            console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on {where}")
+            try:
+                # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
+                with contextlib.redirect_stdout(sys.stderr):
+                    summary = run_resource(resource, options, console)
+            except (ResourceError, DatasetError, RuntimeError) as exc:
+                console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}")
+                return 1
+            except KeyboardInterrupt:
+                signum = received_signal() or signal.SIGINT
+                console.print(f"[yellow]stopped at once[/yellow] by {signal_name(signum)}: run the same command to "
+                              "resume from the last saved state")
+                return interrupt_exit_code(signum)
+            summaries.append(summary)
+            if args.output == "text":
+                print_summary(summary, console)
+            if summary.get("interrupted"):
+                break
     if args.output == "json":
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
     return run_exit_code(summaries, args.allow_failed_trials, console)
@@ -91,6 +102,9 @@ def run_exit_code(summaries: list[dict[str, Any]], allow_failed_trials: bool, co
     """`raylight run`'s verdict on its runs' summaries: 1 for a failed run, and for a sweep some of
     whose trials failed unless that is allowed (the operator's driver allows it: the sweep's
     status counts them)."""
+    stopped_by = next((s["interrupted"] for s in summaries if s.get("interrupted")), None)
+    if stopped_by:  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended
+        return 128 + int(signal.Signals[stopped_by])
     if not all(s["succeeded"] for s in summaries):
         return EXIT_FAILED
     failed_trials = sum((s.get("trials") or {}).get("failed", 0) for s in summaries)

@@ -76,6 +76,10 @@ INVALID = [
      ["spec.trial.model", "are ViT fields"]),
     ("early stopping under asha", _with("spec/trial/callbacks", {"earlyStopping": {"patience": 2}}),
      ["spec", "ASHA already stops"]),
+    ("asha grace period past maxEpochs", _with("spec/scheduler", {"asha": {"gracePeriod": 50}}),
+     ["spec.scheduler.asha.gracePeriod", "must not exceed maxT"]),
+    ("asha grace period past maxT", _with("spec/scheduler", {"asha": {"gracePeriod": 5, "maxT": 4}}),
+     ["spec.scheduler.asha.gracePeriod", "must not exceed maxT"]),
     ("f1 minimised", _with("spec/objective", {"metric": "val_f1", "mode": "min"}), ["spec.objective", "set mode"]),
 ]
 

@@ -246,6 +246,18 @@ def test_early_stopping_is_not_for_asha_sweeps() -> None:
                                            scheduler={"fifo": {}})), TuneSweep)
 
 
+def test_an_asha_grace_period_past_max_t_is_refused_naming_it() -> None:
+    """ASHA could never stop a trial: the error names the field, and the maxT it was held to."""
+    late = errors_of(sweep(trial={"model": {"preset": "vit-nano"}, "training": {"maxEpochs": 20}},
+                           scheduler={"asha": {"gracePeriod": 50}}))
+    assert late[0][0] == "spec.scheduler.asha.gracePeriod"
+    assert late[0][1].startswith("50 exceeds maxT 20: ") and "lower gracePeriod or raise maxT" in late[0][1]
+    assert errors_of(sweep(scheduler={"asha": {"gracePeriod": 5, "maxT": 4}}))[0][1].startswith("5 exceeds maxT 4")
+    assert errors_of(sweep(scheduler={"asha": {"gracePeriod": 11}}))[0][1].startswith("11 exceeds maxT 10")  # default
+    for fine in ({"gracePeriod": 1}, {"gracePeriod": 4, "maxT": 4}):  # equal: allowed, as ASHA allows it
+        assert isinstance(parse_resource(sweep(scheduler={"asha": fine})), TuneSweep)
+
+
 def test_wandb_needs_a_project() -> None:
     doc = sweep(tracking={"wandb": {"mode": "offline"}})
     errors = errors_of(doc)

@@ -21,6 +21,7 @@ from raylight.api import TrainingJob
 from raylight.api.tags import TAG_ERROR
 
 from .attributions import attribute_on_cluster
+from .interrupt import in_background_thread, received_signal
 from .resources import check_fits
 from .run_logs import keep_driver_log
 from .tracking import (
@@ -65,6 +66,7 @@ class JobResult:
     error: str | None
     wall_seconds: float
     attributions_uri: str | None = None
+    interrupted: int | None = None  # the signal that stopped it before it ended (resume: run it again)
 
 
 STATE_FILE = "raylight-state.json"
@@ -167,7 +169,17 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     )
     error: str | None = None
     try:
-        trainer.fit()
+        in_background_thread(trainer.fit)
+    except KeyboardInterrupt:
+        # SIGINT/SIGTERM (interrupt.py): the checkpoints so far are kept; the same command resumes.
+        client.set_tag(run_id, TAG_STATE, "interrupted")
+        set_final(client, run_id, RunStatus.to_string(RunStatus.KILLED))
+        return JobResult(
+            name=name, namespace=namespace, tracking_uri=settings.tracking_uri, experiment_id=experiment_id,
+            experiment_name=experiment_name, run_id=run_id, state="interrupted",
+            epochs=len(metric_history(client, run_id, "epoch")), metric=None, metrics={}, model_uri=None,
+            error=None, wall_seconds=time.monotonic() - started, interrupted=received_signal(),
+        )
     except Exception as exc:  # Ray wraps worker errors; report the root cause
         error = root_cause(exc)
     history = {key: metric_history(client, run_id, key) for key in REPORTED_METRICS if key != "lr"}

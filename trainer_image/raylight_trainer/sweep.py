@@ -19,6 +19,7 @@ from raylight.api import BestTrial, Distribution, SweepProgress, TrialCounts, Tr
 from raylight.api.tags import TAG_ERROR
 
 from .attributions import attribute_on_cluster
+from .interrupt import received_signal, tune_stops_gracefully
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
 from .run_logs import keep_driver_log
 from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash, with_run
@@ -126,6 +127,7 @@ class SweepResult:
     model_uri: str | None = None
     attributions_uri: str | None = None  # the best trial's integrated-gradients picture
     resumed: bool = False
+    interrupted: int | None = None  # the signal that stopped it before it ended (resume: run it again)
     max_concurrent_trials: int = 0
     wall_seconds: float = 0.0
 
@@ -229,13 +231,22 @@ def run_sweep(
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             local._run_config.callbacks = callbacks
-    tuner.fit()
+    with tune_stops_gracefully():
+        tuner.fit()
 
     result = SweepResult(name=name, namespace=namespace, tracking_uri=settings.tracking_uri,
                          experiment_id=experiment_id, experiment_name=experiment_name,
                          parent_run_id=parent_run_id, resumed=resumable, max_concurrent_trials=concurrency)
     result.trials = _outcomes(experiment_dir, spec.max_t(), metric, mode)
     _finish_child_runs(client, experiment_id, parent_run_id, result.trials, spec.max_t(), metric, mode)
+    result.interrupted = received_signal()
+    if result.interrupted is not None:
+        # Stopped by SIGINT/SIGTERM: Tune kept the state to resume from; the sweep is not over,
+        # so no best model and no final counts, and the parent run waits (KILLED) for the resume.
+        write_progress(client, parent_run_id, _final_progress(result, spec.num_samples))
+        set_final(client, parent_run_id, "KILLED")
+        result.wall_seconds = time.monotonic() - started
+        return result
     scored = [t for t in result.trials if t.metric is not None and math.isfinite(t.metric)]
     if scored:
         best = (max if mode == "max" else min)(scored, key=lambda t: t.metric or 0.0)

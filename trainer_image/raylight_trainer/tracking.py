@@ -146,6 +146,14 @@ class MlflowEpochLogger(pl.Callback):
         self.lr_interval = lr_interval
         self.step_lrs: list[Metric] = []
         self.pending: list[Any] = []
+        self.logged_through = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank == 0 and trainer.current_epoch > 0:
+            # Resumed from a checkpoint: epochs after it that the interrupted attempt had already
+            # logged are trained again but not logged twice (a metric history without repeats).
+            self.logged_through = int(max((m.step for m in self.client.get_metric_history(self.run_id, "epoch")),
+                                          default=0))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -156,9 +164,10 @@ class MlflowEpochLogger(pl.Callback):
         self.step_lrs.append(Metric("lr", float(lr), int(time.time() * 1000), trainer.global_step))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_rank != 0 or trainer.sanity_checking:
-            return
         epoch = trainer.current_epoch + 1
+        if trainer.global_rank != 0 or trainer.sanity_checking or epoch <= self.logged_through:
+            self.step_lrs = []
+            return
         now = int(time.time() * 1000)
         per_epoch = [name for name in self.metric_names if not (name == "lr" and self.lr_interval == "step")]
         metrics = [

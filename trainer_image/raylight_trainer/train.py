@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,13 @@ def build_callbacks(spec: TrialSpec, objective: ObjectiveSpec) -> list[pl.Callba
     return callbacks
 
 
+def say(line: str) -> None:
+    """A line in the worker's log. Not print(): Ray Train patches it in workers to also log each
+    line, which the kept log would then hold twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class EpochLine(pl.Callback):
     """A line per epoch in the worker's log, which `raylight logs` shows (rank 0's: all ranks
     see the same synchronised metrics). The log is uploaded then, before the epoch is reported:
@@ -89,7 +97,7 @@ class EpochLine(pl.Callback):
             return
         metrics = " ".join(f"{name}={float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items())
                            if name in REPORTED_METRICS)
-        print(f"epoch {trainer.current_epoch + 1}/{self.max_epochs} {metrics}", flush=True)
+        say(f"epoch {trainer.current_epoch + 1}/{self.max_epochs} {metrics}")
         if self.keeper is not None:
             self.keeper.upload()
 
@@ -135,10 +143,10 @@ def fit_worker(worker: WorkerConfig, keeper: LogKeeper | None = None) -> None:
     module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump(),
                              architecture=spec.model.architecture, class_names=list(data.class_names))
 
-    print(f"worker {rank + 1}/{world_size} on {socket.gethostname()}: {spec.data.dataset}, "
-          f"{len(data.train)} training and {len(data.val)} validation images, "  # type: ignore[arg-type]
-          f"{spec.model.preset or spec.model.architecture} with {sum(p.numel() for p in module.parameters()):,} "
-          "parameters", flush=True)
+    say(f"worker {rank + 1}/{world_size} on {socket.gethostname()}: {spec.data.dataset}, "
+        f"{len(data.train)} training and {len(data.val)} validation images, "  # type: ignore[arg-type]
+        f"{spec.model.preset or spec.model.architecture} with {sum(p.numel() for p in module.parameters()):,} "
+        "parameters")
     callbacks = [*build_callbacks(spec, ObjectiveSpec.model_validate(worker.objective)),
                  EpochLine(spec.training.max_epochs, keeper)]
     logger_cb: MlflowEpochLogger | None = None

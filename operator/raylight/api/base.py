@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -26,6 +28,18 @@ class SpecModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def server_rules(*rules: tuple[str, str]) -> ConfigDict:
-    """A model_config carrying CEL rules (rule, message) that the API server checks too."""
-    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]})
+class FieldProblem(ValueError):
+    """A cross-field check's error that is about one field: `path`, camelCase and relative to the
+    model that checks it, goes into the error's path (spec.scheduler.asha.gracePeriod: ...)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def server_rules(*rules: tuple[str, str] | tuple[str, str, str]) -> ConfigDict:
+    """A model_config carrying CEL rules (rule, message[, fieldPath]) that the API server checks too;
+    fieldPath (".a.b", relative to the model) names the field the error is about."""
+    validations: list[Any] = [{"rule": rule[0], "message": rule[1], **({"fieldPath": rule[2]} if len(rule) > 2 else {})}
+                              for rule in rules]
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": validations})

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .base import API_VERSION, GROUP
+from .base import API_VERSION, GROUP, FieldProblem
 from .status import TrainingJobStatus, TuneSweepStatus
 from .sweep import TuneSweepSpec, search_space_errors
 from .trial import TrainingJobSpec
@@ -159,6 +159,9 @@ def _validate(model: type[TrainingJob] | type[TuneSweep], doc: dict[str, Any], k
         known = {(e.path, e.message) for e in errors}
         for err in found:
             path, message = _loc_to_path(err["loc"]), _message(err, kind)
+            problem = (err.get("ctx") or {}).get("error")
+            if isinstance(problem, FieldProblem):
+                path, message = f"{path}.{problem.path}", str(problem)
             if path != "apiVersion" and (path, message) not in known:
                 errors.append(SpecError(path, message, source))
         unknown = [err["loc"] for err in found if err["type"] == "extra_forbidden"]

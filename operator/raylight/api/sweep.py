@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from .base import SpecModel, server_rules
+from .base import FieldProblem, SpecModel, server_rules
 from .cluster import ClusterSpec
-from .trial import MlflowSpec, ObjectiveSpec, TrackingSpec, TrialSpec
+from .trial import MlflowSpec, ObjectiveSpec, TrackingSpec, TrainingSpec, TrialSpec
 
 # A search space is checked by validating the trial with every choice combination;
 # past this many combinations only each value on its own is checked.
@@ -93,6 +93,14 @@ class SchedulerSpec(SpecModel):
         return self
 
 
+_DEFAULT_MAX_EPOCHS = TrainingSpec.model_fields["max_epochs"].default
+_GRACE_PERIOD_MESSAGE = (
+    "scheduler.asha.gracePeriod must not exceed maxT: ASHA lets every trial run gracePeriod epochs and "
+    "ends it at maxT (scheduler.asha.maxT, else trial.training.maxEpochs), so it could never stop one; "
+    "lower gracePeriod or raise maxT"
+)
+
+
 class TuneSweepSpec(SpecModel):
     """A hyperparameter search: trials drawn from searchSpace, scheduled by ASHA."""
 
@@ -106,6 +114,14 @@ class TuneSweepSpec(SpecModel):
             " || !has(self.trial.callbacks.earlyStopping)",
             "trial.callbacks.earlyStopping: ASHA already stops weak trials early; remove earlyStopping or use "
             "scheduler fifo",
+        ),
+        (
+            "!has(self.scheduler) || !has(self.scheduler.asha) || !has(self.scheduler.asha.gracePeriod) || "
+            "self.scheduler.asha.gracePeriod <= (has(self.scheduler.asha.maxT) ? self.scheduler.asha.maxT : "
+            "(has(self.trial) && has(self.trial.training) && has(self.trial.training.maxEpochs) ? "
+            f"self.trial.training.maxEpochs : {_DEFAULT_MAX_EPOCHS}))",
+            _GRACE_PERIOD_MESSAGE,
+            ".scheduler.asha.gracePeriod",
         ),
     )
 
@@ -135,6 +151,10 @@ class TuneSweepSpec(SpecModel):
             raise ValueError(
                 f"maxConcurrentTrials {self.max_concurrent_trials} exceeds numSamples {self.num_samples}"
             )
+        asha = self.scheduler.asha
+        if asha is not None and asha.grace_period > self.max_t():
+            raise FieldProblem("scheduler.asha.gracePeriod", f"{asha.grace_period} exceeds maxT {self.max_t()}: "
+                               f"{_GRACE_PERIOD_MESSAGE.split(': ', 1)[1]}")
         if self.scheduler.asha is not None and self.trial.callbacks.early_stopping is not None:
             raise ValueError(
                 "trial.callbacks.earlyStopping: ASHA already stops weak trials early; remove earlyStopping "

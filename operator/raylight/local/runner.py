@@ -91,6 +91,7 @@ def run_resource(resource: TrainingJob | TuneSweep, options: LocalOptions, conso
 
 
 def _run_sweep(sweep: TuneSweep, settings: Any, options: LocalOptions, console: Console) -> dict[str, Any]:
+    from raylight_trainer.interrupt import signal_name
     from raylight_trainer.sweep import run_sweep
 
     table = TrialTable(sweep.spec.objective.metric, sweep.spec.max_t())
@@ -109,6 +110,7 @@ def _run_sweep(sweep: TuneSweep, settings: Any, options: LocalOptions, console: 
         "failedTrials": {t.trial_id: t.error for t in result.trials if t.state == "failed"},
         "epochsTrained": sum(t.epochs for t in result.trials),
         "maxConcurrentTrials": result.max_concurrent_trials,
+        "numSamples": sweep.spec.num_samples,
         "resumed": result.resumed,
         "wallSeconds": round(result.wall_seconds, 1),
         "mlflow": {
@@ -121,13 +123,15 @@ def _run_sweep(sweep: TuneSweep, settings: Any, options: LocalOptions, console: 
             "attributionsUri": result.attributions_uri,
         },
     }
-    summary["succeeded"] = result.counts()["failed"] < result.counts()["total"]
+    summary["interrupted"] = signal_name(result.interrupted) if result.interrupted else None
+    summary["succeeded"] = result.counts()["failed"] < result.counts()["total"] and not result.interrupted
     return summary
 
 
 def _run_job(job: TrainingJob, settings: Any, options: LocalOptions, console: Console) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
+    from raylight_trainer.interrupt import signal_name
     from raylight_trainer.runs import run_training_job
     from raylight_trainer.tracking import TAG_KIND, TAG_NAME, TAG_NAMESPACE, find_run
 
@@ -166,11 +170,30 @@ def _run_job(job: TrainingJob, settings: Any, options: LocalOptions, console: Co
             "modelUri": result.model_uri,
             "attributionsUri": result.attributions_uri,
         },
+        "interrupted": signal_name(result.interrupted) if result.interrupted else None,
         "succeeded": result.state == "succeeded",
     }
 
 
+def print_interrupted(summary: dict[str, Any], console: Console) -> None:
+    """An interrupted run: how far it got, and that the same command resumes it."""
+    if summary["kind"] == "TuneSweep":
+        counts = summary["trials"]
+        cut = counts["running"] + counts["pending"]
+        unstarted = max(summary["numSamples"] - counts["total"], 0)
+        where = (f"{counts['succeeded']} of {summary['numSamples']} trials ran to the end, "
+                 f"{counts['stopped_early']} stopped early, {counts['failed']} failed, {cut} cut short "
+                 f"(their last checkpoints kept), {unstarted} not started")
+    else:
+        where = f"after {summary['epochs']} epoch(s) (its last checkpoint kept)"
+    console.print(f"[yellow]interrupted[/yellow] by {summary['interrupted']}: {where}. "
+                  f"Run the same command to resume it (MLflow: {summary['mlflow']['trackingUri']}).", soft_wrap=True)
+
+
 def print_summary(summary: dict[str, Any], console: Console) -> None:
+    if summary.get("interrupted"):
+        print_interrupted(summary, console)
+        return
     mlflow = summary["mlflow"]
     metric = summary["objective"]["metric"]
     table = Table.grid(padding=(0, 2))

@@ -1,0 +1,136 @@
+"""Ctrl-C (SIGINT) and SIGTERM during a run: stop it cleanly, keep what resuming needs, say so.
+
+A terminal sends SIGINT; Kubernetes sends SIGTERM when a pod is deleted, a RayJob suspended or a
+node drained. Both take the same path here. The first signal stops the run where it can be
+resumed: a sweep through Tune's own interrupt (the trials stop, the experiment state is written
+one last time), a TrainingJob by leaving its workers, whose checkpoints are already saved. The
+run then ends as interrupted: MLflow runs KILLED, no best model, a non-zero exit (128 + the
+signal), and the same command resumes it. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _State:
+    received: int | None = None
+    # What the first signal does instead of stopping at once (set while a run can stop gracefully).
+    graceful: Callable[[], None] | None = None
+
+
+_state = _State()
+
+
+def received_signal() -> int | None:
+    """The signal that interrupted this run, if one did."""
+    return _state.received
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def exit_code(signum: int) -> int:
+    """What a shell reports for a process ended by that signal: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _state.received is not None:
+        raise KeyboardInterrupt  # the second signal: at once
+    _state.received = signum
+    if _state.graceful is None:
+        raise KeyboardInterrupt
+    _state.graceful()
+
+
+@contextlib.contextmanager
+def handling_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM handled as above for the duration (main thread only; elsewhere Python's own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    # Tune's SIGINT handler would stop a sweep without our knowing which signal did; ours asks Tune
+    # to stop (through the handler Tune keeps on SIGUSR1) and remembers.
+    env_before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    _state.received, _state.graceful = None, None
+    for signum in _SIGNALS:
+        signal.signal(signum, _on_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        if env_before is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env_before
+        _state.graceful = None
+
+
+def _stop_tune() -> None:
+    """Tune's interrupt: its handler on SIGUSR1, registered when `Tuner.fit` starts (until then,
+    nothing to stop gracefully)."""
+    handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGUSR1, None)
+
+
+@contextlib.contextmanager
+def tune_stops_gracefully() -> Iterator[None]:
+    """Around `Tuner.fit()` in the main thread: the first signal ends the sweep as Tune's Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    usr1_before = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+    _state.graceful = _stop_tune
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(_drop_tunes_resume_hints)
+    try:
+        yield
+    finally:
+        _state.graceful = None
+        tune_log.removeFilter(_drop_tunes_resume_hints)
+        if hasattr(signal, "SIGUSR1") and usr1_before is not None:
+            signal.signal(signal.SIGUSR1, usr1_before)
+
+
+def _drop_tunes_resume_hints(record: logging.LogRecord) -> bool:
+    """Tune's words on an interrupt name its Python API (Tuner.restore); ours name the command."""
+    message = record.getMessage()
+    return not any(hint in message for hint in ("Tuner.restore", "Stop signal received", "Trials did not complete"))
+
+
+def in_background_thread(work: Callable[[], T]) -> T:
+    """`work()` in a daemon thread, the main thread waiting on it, so that a signal interrupts the
+    wait (KeyboardInterrupt) and not the work: Ray Train's own SIGINT handler, which only aborts
+    gracefully and ignores a second Ctrl-C, is not installed outside the main thread. Work left
+    behind ends with the process (Ray's workers with their driver)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="raylight-fit")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
