@@ -89,8 +89,8 @@ def _run(args: argparse.Namespace) -> int:
                               "resume from the last saved state")
                 return interrupt_exit_code(signum)
             summaries.append(summary)
-            if args.output == "text":
-                print_summary(summary, console)
+            if args.output == "text" or summary.get("interrupted"):
+                print_summary(summary, console)  # on stderr: with -o json too, for who pressed Ctrl-C
             if summary.get("interrupted"):
                 break
     if args.output == "json":

@@ -46,3 +46,18 @@ def test_background_work_hands_back_its_value_or_its_error() -> None:
 
     with pytest.raises(ValueError, match="from the worker thread"):
         interrupt.in_background_thread(fails)
+
+
+def test_processes_started_with_ray_ignore_ctrl_c_and_the_drivers_handlers_come_back() -> None:
+    import subprocess
+    import sys
+
+    with interrupt.handling_signals():
+        with interrupt.starting_ray():
+            # What ray.init does here: start processes (they inherit the ignored SIGINT), and take
+            # SIGTERM over in the driver.
+            child = subprocess.run([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"],
+                                   capture_output=True, text=True, check=True)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert int(child.stdout) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is interrupt._on_signal

@@ -72,3 +72,28 @@ def test_off_a_terminal_each_trial_event_and_epoch_is_one_log_line() -> None:
     assert any("t1" in line and "ERROR" in line for line in table)
     assert any("t0" in line and "TERMINATED" in line and "3/3" in line for line in table)
     assert not any(re.match(r"\d\d:\d\d:\d\d trial ", line) for line in table)
+
+
+def test_a_trial_cut_by_an_interrupt_is_said_to_resume_not_to_have_finished() -> None:
+    """Tune saves the running trials as running on Ctrl-C, then ends them: not 'finished'."""
+    import os
+    import signal
+
+    import pytest
+
+    from raylight_trainer import interrupt
+
+    out = io.StringIO()
+    callback = LiveTrials(TrialTable("val_acc", max_t=3), Console(file=out, width=120))
+    running = SimpleNamespace(trial_id="t1", status="PENDING", config={}, last_result={})
+    callback.on_trial_start(0, [], running)
+    running.status = "RUNNING"
+    callback.on_trial_result(0, [], running, {"epochs": 1, "val_acc": 0.5})
+    with interrupt.handling_signals():
+        with pytest.raises(KeyboardInterrupt):  # outside Tune's fit: at once, and remembered
+            os.kill(os.getpid(), signal.SIGINT)
+        running.status = "TERMINATED"  # as Tune's clean-up leaves it
+        callback.on_experiment_end([running])
+    text = out.getvalue()
+    assert "trial t1 cut short at epoch 1/3 by the interrupt (it resumes from its last checkpoint)" in text
+    assert "finished" not in text and any("t1" in line and "INTERRUPTED" in line for line in text.splitlines())

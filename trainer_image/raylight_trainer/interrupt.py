@@ -80,6 +80,24 @@ def handling_signals() -> Iterator[None]:
         _state.graceful = None
 
 
+@contextlib.contextmanager
+def starting_ray() -> Iterator[None]:
+    """Around `ray.init`. The processes Ray starts ignore SIGINT: a terminal's Ctrl-C reaches its
+    whole process group, and a trial's workers that took it would end the trial as if it had
+    finished; stopping is the driver's job. Ray's core worker also takes over SIGTERM in the driver
+    (to print a stack and abort): the handlers in place before are put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by Ray's processes, which keep it ignored
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 def _stop_tune() -> None:
     """Tune's interrupt: its handler on SIGUSR1, registered when `Tuner.fit` starts (until then,
     nothing to stop gracefully)."""

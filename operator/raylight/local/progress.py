@@ -16,7 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-_STATE_STYLE = {"PENDING": "dim", "RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "STOPPED": "yellow"}
+_STATE_STYLE = {"PENDING": "dim", "RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "STOPPED": "yellow",
+                "INTERRUPTED": "yellow"}
 
 
 def _short(value: Any) -> str:
@@ -59,7 +60,7 @@ class TrialTable:
         if row["epochs"] > epochs:
             metric = "" if row["metric"] is None else f" {self.metric}={row['metric']:.4f}"
             events.append(f"trial {trial_id} epoch {row['epochs']}/{self.max_t}{metric}")
-        if row["state"] != state and row["state"] in ("TERMINATED", "ERROR"):
+        if row["state"] != state and row["state"] in ("TERMINATED", "ERROR", "INTERRUPTED"):
             events.append(f"trial {trial_id} {self._ending(row)}")
         return events
 
@@ -67,6 +68,9 @@ class TrialTable:
         metric = "" if row["metric"] is None else f", {self.metric}={row['metric']:.4f}"
         if row["state"] == "ERROR":
             return f"failed at epoch {row['epochs']}/{self.max_t}"
+        if row["state"] == "INTERRUPTED":
+            return (f"cut short at epoch {row['epochs']}/{self.max_t} by the interrupt "
+                    "(it resumes from its last checkpoint)")
         if 0 < row["epochs"] < self.max_t:
             return f"stopped early by ASHA at epoch {row['epochs']}/{self.max_t}{metric}"
         return f"finished: epoch {row['epochs']}/{self.max_t}{metric}"
@@ -124,15 +128,24 @@ class LiveTrials(Callback):
         self._refresh(trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._refresh(trial, state="TERMINATED")
+        from raylight_trainer.interrupt import received_signal
+
+        # On Ctrl-C/SIGTERM, Tune ends the running trials after saving them as running: they resume.
+        self._refresh(trial, state="INTERRUPTED" if received_signal() is not None else "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._refresh(trial, state="ERROR")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        from raylight_trainer.interrupt import received_signal
+
+        interrupted = received_signal() is not None
         for trial in trials:
             seen = trial.trial_id in self.table.rows  # else restored from an earlier run: nothing new
-            events = self.table.update(trial.trial_id, trial.status, dict(trial.config), trial.last_result)
+            state = trial.status
+            if interrupted and seen and self.table.rows[trial.trial_id]["state"] in ("RUNNING", "INTERRUPTED"):
+                state = "INTERRUPTED"  # Tune saved it as running, then ended it: it resumes
+            events = self.table.update(trial.trial_id, state, dict(trial.config), trial.last_result)
             for event in events if seen and self.lines and self.console is not None else []:
                 _log_line(self.console, event)
         if self.live is not None and self.started:

@@ -42,8 +42,17 @@ def free_port() -> int:
 def start_ray(num_cpus: int | None, verbose: bool) -> None:
     import ray
 
+    from raylight_trainer.interrupt import starting_ray
+
     if ray.is_initialized():
         return
+    with starting_ray():
+        _init_ray(num_cpus, verbose)
+
+
+def _init_ray(num_cpus: int | None, verbose: bool) -> None:
+    import ray
+
     if os.environ.get("RAY_ADDRESS"):
         # Inside a Ray cluster (a KubeRay RayJob sets RAY_ADDRESS): join it, start nothing.
         ray.init(log_to_driver=verbose)
