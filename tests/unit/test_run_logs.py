@@ -6,6 +6,7 @@ points sys.stdout elsewhere)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,9 @@ from raylight_trainer.run_logs import RESUMED_MARKER
 
 
 def run_python(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=directory, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
 
 
 def store(directory: Path) -> tuple[str, MlflowClient, str]:
@@ -58,11 +60,15 @@ def test_the_tee_copies_python_and_native_output_and_passes_it_on(tmp_path: Path
 def test_a_run_keeps_its_log_across_attempts_and_a_failure_ends_it(tmp_path: Path) -> None:
     uri, client, run_id = store(tmp_path)
     first = run_python(f"""
+        import tempfile
+        from pathlib import Path
+        from mlflow.tracking import MlflowClient
         from raylight_trainer.run_logs import kept_output
         with kept_output("worker-0.log", {uri!r}, {run_id!r}) as keeper:
-            print("attempt one, epoch 1", flush=True)
-            keeper.upload()  # as EpochLine does: in MLflow before the epoch is reported
-            print("uploaded", open(keeper.path).read() == "attempt one, epoch 1\\n")
+            keeper.say("attempt one, epoch 1")  # as EpochLine does: in MLflow before the epoch is reported
+            with tempfile.TemporaryDirectory() as scratch:
+                local = MlflowClient({uri!r}).download_artifacts({run_id!r}, "logs/worker-0.log", scratch)
+                print("uploaded", Path(local).read_text() == "attempt one, epoch 1\\n")
     """, tmp_path)
     assert first.returncode == 0 and "uploaded True" in first.stdout, first.stderr
     second = run_python(f"""

@@ -17,6 +17,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from raylight.api.tags import DRIVER_LOG, LOG_ARTIFACT_DIR
 
@@ -35,10 +36,11 @@ class OutputTee:
         self._saved: dict[int, int] = {}
         self._pumps: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._copy: Any = None
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        self._copy = open(self.path, "ab")  # noqa: SIM115 (closed by stop)
         _flush_python_streams()
         for fd in (1, 2):
             read_end, write_end = os.pipe()
@@ -51,13 +53,22 @@ class OutputTee:
             self._pumps.append(pump)
 
     def _pump(self, read_end: int, original: int) -> None:
-        with open(self.path, "ab") as copy:
-            while chunk := os.read(read_end, 65536):
-                _write_all(original, chunk)
-                with self._lock:
-                    copy.write(chunk)
-                    copy.flush()
+        while chunk := os.read(read_end, 65536):
+            _write_all(original, chunk)
+            with self._lock:
+                self._copy.write(chunk)
+                self._copy.flush()
         os.close(read_end)
+
+    def write_line(self, line: str) -> None:
+        """A line written to stdout and into the copy at once, not through the pipe: the copy
+        holds it as soon as this returns (a pumped line may still be on its way)."""
+        data = (line + "\n").encode()
+        _flush_python_streams()
+        with self._lock:
+            _write_all(self._saved.get(1, 1), data)
+            self._copy.write(data)
+            self._copy.flush()
 
     def stop(self) -> None:
         """Puts fds 1 and 2 back; the pumps end when no process holds the pipes any more
@@ -70,6 +81,7 @@ class OutputTee:
         if not any(pump.is_alive() for pump in self._pumps):
             for saved in self._saved.values():
                 os.close(saved)
+            self._copy.close()
         self._saved, self._pumps = {}, []
 
 
@@ -116,6 +128,17 @@ class LogKeeper:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.tee: OutputTee | None = None  # set while the output is being copied
+
+    def say(self, line: str) -> None:
+        """A line of our own in the log, uploaded at once (EpochLine: before the epoch is reported,
+        since a trial that ASHA stops there is killed without a later upload)."""
+        if self.tee is not None:
+            self.tee.write_line(line)
+        else:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        self.upload()
 
     def attach(self, tracking_uri: str, run_id: str) -> None:
         """From now on, upload to this run; what an earlier attempt of the run kept comes first."""
@@ -189,6 +212,7 @@ def kept_output(artifact_name: str, tracking_uri: str | None = None, run_id: str
     path = Path(scratch) / artifact_name
     tee, keeper = OutputTee(path), LogKeeper(path, artifact_name)
     tee.start()
+    keeper.tee = tee
     try:
         if tracking_uri and run_id:
             keeper.attach(tracking_uri, run_id)
@@ -197,6 +221,7 @@ def kept_output(artifact_name: str, tracking_uri: str | None = None, run_id: str
         traceback.print_exc()
         raise
     finally:
+        keeper.tee = None
         tee.stop()
         keeper.close()
         with contextlib.suppress(OSError):

@@ -97,9 +97,11 @@ class EpochLine(pl.Callback):
             return
         metrics = " ".join(f"{name}={float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items())
                            if name in REPORTED_METRICS)
-        say(f"epoch {trainer.current_epoch + 1}/{self.max_epochs} {metrics}")
+        line = f"epoch {trainer.current_epoch + 1}/{self.max_epochs} {metrics}"
         if self.keeper is not None:
-            self.keeper.upload()
+            self.keeper.say(line)
+        else:
+            say(line)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
