@@ -253,7 +253,6 @@ def trials(args: argparse.Namespace) -> int:
     from raylight.api import ManifestError, TuneSweep, parse_resource
     from raylight.cluster_mlflow import reader_for, table_state, trial_rows
     from raylight.local.progress import TrialTable
-    from raylight.operator.progress import ProgressError
 
     target = connect(args)
     resource = resolve(target, args.name if "/" in args.name else f"tunesweep/{args.name}")
@@ -269,10 +268,7 @@ def trials(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     if mlflow.get("runId") and mlflow.get("experimentId"):
         reader = reader_for(target.api, mlflow.get("trackingUri") or "", target.namespace, args.tracking_uri)
-        try:
-            rows = trial_rows(reader, mlflow["experimentId"], mlflow["runId"], metric)
-        except ProgressError as exc:
-            raise CommandError(f"{exc} (--tracking-uri reaches it another way)") from None
+        rows = trial_rows(reader, mlflow["experimentId"], mlflow["runId"], metric)
     pending = max(sweep.spec.num_samples - len(rows), 0)
     if args.output == "json":
         print(json.dumps({"name": sweep.metadata.name, "phase": status.get("phase") or "Pending",
@@ -373,12 +369,16 @@ def add_commands(commands: Any) -> None:
 
 
 def guarded(command: Any) -> Any:
-    """The command, with a CommandError said on stderr and exit 1 instead of a traceback."""
+    """The command, with a CommandError (or MLflow out of reach) said on stderr and exit 1 instead
+    of a traceback."""
+    from raylight.operator.progress import ProgressError
+
     def run(args: argparse.Namespace) -> int:
         try:
             return int(command(args))
-        except CommandError as exc:
-            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error[/red] {escape(str(exc))}")
+        except (CommandError, ProgressError) as exc:
+            message = str(exc) if isinstance(exc, CommandError) else f"{exc} (--tracking-uri reaches it another way)"
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error[/red] {escape(message)}")
             return EXIT_FAILED
         except KeyboardInterrupt:
             return 130

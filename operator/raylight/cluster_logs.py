@@ -12,8 +12,7 @@ import argparse
 import json
 import sys
 import time
-import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from raylight.api.tags import DRIVER_LOG, LOG_ARTIFACT_DIR
@@ -32,6 +31,7 @@ class LogSource:
     reader: Any = None  # MlflowReader
     run_id: str | None = None
     files: tuple[str, ...] = ()  # under the run's logs/; empty: every worker-*.log found
+    contents: dict[str, bytes] = field(default_factory=dict)  # as first read, when it was found
 
 
 def logs(args: argparse.Namespace) -> int:
@@ -84,15 +84,12 @@ def _driver_source(target: Target, resource: dict[str, Any], args: argparse.Name
     run_id = ((resource.get("status") or {}).get("mlflow") or {}).get("runId")
     if not run_id:
         return None
-    from raylight.operator.progress import ProgressError
-
     reader = _mlflow_reader(target, resource, args)
-    try:
-        if _read_files(reader, run_id, (DRIVER_LOG,)) == {}:
-            return None
-    except ProgressError as exc:
-        raise CommandError(f"{exc} (--tracking-uri reaches it another way)") from None
-    return LogSource(f"MLflow run {run_id} (logs/{DRIVER_LOG})", reader=reader, run_id=run_id, files=(DRIVER_LOG,))
+    contents = _read_files(reader, run_id, (DRIVER_LOG,))
+    if not contents:
+        return None
+    return LogSource(f"MLflow run {run_id} (logs/{DRIVER_LOG})", reader=reader, run_id=run_id, files=(DRIVER_LOG,),
+                     contents=contents)
 
 
 def _submitter_pod(target: Target, resource: dict[str, Any]) -> str | None:
@@ -140,8 +137,6 @@ def _pod_log(target: Target, source: LogSource, args: argparse.Namespace) -> int
 
 
 def _worker_source(target: Target, resource: dict[str, Any], args: argparse.Namespace) -> LogSource | None:
-    from raylight.operator.progress import ProgressError
-
     mlflow = (resource.get("status") or {}).get("mlflow") or {}
     if not mlflow.get("runId"):
         return None
@@ -152,12 +147,10 @@ def _worker_source(target: Target, resource: dict[str, Any], args: argparse.Name
         if run_id is None:
             return None
         what = f"trial {args.trial}'s"
-    try:
-        if not _read_files(reader, run_id, ()):
-            return None
-    except ProgressError as exc:
-        raise CommandError(f"{exc} (--tracking-uri reaches it another way)") from None
-    return LogSource(f"MLflow run {run_id} ({what} worker logs)", reader=reader, run_id=run_id)
+    contents = _read_files(reader, run_id, ())
+    if not contents:
+        return None
+    return LogSource(f"MLflow run {run_id} ({what} worker logs)", reader=reader, run_id=run_id, contents=contents)
 
 
 def _trial_run(reader: Any, resource: dict[str, Any], trial: str) -> str | None:
@@ -177,18 +170,14 @@ def _trial_run(reader: Any, resource: dict[str, Any], trial: str) -> str | None:
 
 
 def _run_files_root(reader: Any, run_id: str) -> str:
-    from raylight.operator.progress import ProgressError
+    from raylight.cluster_mlflow import served_path
 
-    try:
-        run = reader.run(run_id)
-    except ProgressError as exc:
-        raise CommandError(f"{exc} (--tracking-uri reaches it another way)") from None
-    location = str(((run or {}).get("info") or {}).get("artifact_uri") or "")
-    parsed = urllib.parse.urlparse(location)
-    if parsed.scheme != "mlflow-artifacts":
+    location = str(((reader.run(run_id) or {}).get("info") or {}).get("artifact_uri") or "")
+    served = served_path(location)
+    if served is None:
         raise CommandError(f"the run's files are at {location or 'no known place'}, which the MLflow server does "
                            "not serve: read them from there")
-    return f"{parsed.path.strip('/')}/{LOG_ARTIFACT_DIR}"
+    return f"{served.rstrip('/')}/{LOG_ARTIFACT_DIR}"
 
 
 def _read_files(reader: Any, run_id: str, names: tuple[str, ...]) -> dict[str, bytes]:
@@ -208,7 +197,7 @@ def _worker_order(name: str) -> tuple[int, str]:
 
 
 def _mlflow_log(target: Target, resource: dict[str, Any], source: LogSource, args: argparse.Namespace) -> int:
-    contents = _read_files(source.reader, str(source.run_id), source.files)
+    contents = source.contents
     if not args.follow:
         _print(args, source, {name: data.decode(errors="replace") for name, data in contents.items()})
         return EXIT_OK

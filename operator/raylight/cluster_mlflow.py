@@ -117,11 +117,18 @@ def model_artifact_path(reader: MlflowReader, model_uri: str) -> str:
         location = str(((found.get("model") or {}).get("info") or {}).get("artifact_uri") or "")
     if not location:
         raise ModelError(f"MLflow knows no model {model_uri}")
-    parsed = urllib.parse.urlparse(location)
-    if parsed.scheme != "mlflow-artifacts":
+    served = served_path(location)
+    if served is None:
         raise ModelError(f"{model_uri} is stored at {location}, which the MLflow server does not serve: "
                          "fetch it from there")
-    return parsed.path.lstrip("/")
+    return served
+
+
+def served_path(location: str) -> str | None:
+    """The path in the server's own artifact store of an artifact URI (mlflow-artifacts:/PATH);
+    None for a store the server does not serve (a bucket, a path on its disk)."""
+    parsed = urllib.parse.urlparse(location)
+    return parsed.path.lstrip("/") if parsed.scheme == "mlflow-artifacts" else None
 
 
 class ModelError(RuntimeError):

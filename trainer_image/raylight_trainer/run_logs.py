@@ -108,6 +108,13 @@ def _write_all(fd: int, data: bytes) -> None:
             return
 
 
+def say(line: str) -> None:
+    """A line of ours on stdout. Not print(): Ray Train patches it in workers to also log each
+    line, which the kept log would then hold twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _flush_python_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -136,8 +143,7 @@ class LogKeeper:
         if self.tee is not None:
             self.tee.write_line(line)
         else:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            say(line)
         self.upload()
 
     def attach(self, tracking_uri: str, run_id: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from raylight.api.tags import worker_log
 from .data import load_data
 from .model import ModelConfig, config_from_spec
 from .module import ImageClassifier
-from .run_logs import LogKeeper, kept_output
+from .run_logs import LogKeeper, kept_output, say
 from .tracking import MlflowEpochLogger, WandbEpochLogger
 
 REPORTED_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "val_auroc", "lr")
@@ -75,13 +74,6 @@ def build_callbacks(spec: TrialSpec, objective: ObjectiveSpec) -> list[pl.Callba
             min_delta=stopping.min_delta, check_on_train_epoch_end=False, verbose=False,
         ))
     return callbacks
-
-
-def say(line: str) -> None:
-    """A line in the worker's log. Not print(): Ray Train patches it in workers to also log each
-    line, which the kept log would then hold twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 class EpochLine(pl.Callback):

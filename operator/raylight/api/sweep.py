@@ -94,10 +94,9 @@ class SchedulerSpec(SpecModel):
 
 
 _DEFAULT_MAX_EPOCHS = TrainingSpec.model_fields["max_epochs"].default
-_GRACE_PERIOD_MESSAGE = (
-    "scheduler.asha.gracePeriod must not exceed maxT: ASHA lets every trial run gracePeriod epochs and "
-    "ends it at maxT (scheduler.asha.maxT, else trial.training.maxEpochs), so it could never stop one; "
-    "lower gracePeriod or raise maxT"
+_GRACE_PERIOD_WHY = (
+    "ASHA lets every trial run gracePeriod epochs and ends it at maxT (scheduler.asha.maxT, else "
+    "trial.training.maxEpochs), so it could never stop one; lower gracePeriod or raise maxT"
 )
 
 
@@ -120,7 +119,7 @@ class TuneSweepSpec(SpecModel):
             "self.scheduler.asha.gracePeriod <= (has(self.scheduler.asha.maxT) ? self.scheduler.asha.maxT : "
             "(has(self.trial) && has(self.trial.training) && has(self.trial.training.maxEpochs) ? "
             f"self.trial.training.maxEpochs : {_DEFAULT_MAX_EPOCHS}))",
-            _GRACE_PERIOD_MESSAGE,
+            f"scheduler.asha.gracePeriod must not exceed maxT: {_GRACE_PERIOD_WHY}",
             ".scheduler.asha.gracePeriod",
         ),
     )
@@ -153,8 +152,8 @@ class TuneSweepSpec(SpecModel):
             )
         asha = self.scheduler.asha
         if asha is not None and asha.grace_period > self.max_t():
-            raise FieldProblem("scheduler.asha.gracePeriod", f"{asha.grace_period} exceeds maxT {self.max_t()}: "
-                               f"{_GRACE_PERIOD_MESSAGE.split(': ', 1)[1]}")
+            raise FieldProblem("scheduler.asha.gracePeriod",
+                               f"{asha.grace_period} exceeds maxT {self.max_t()}: {_GRACE_PERIOD_WHY}")
         if self.scheduler.asha is not None and self.trial.callbacks.early_stopping is not None:
             raise ValueError(
                 "trial.callbacks.earlyStopping: ASHA already stops weak trials early; remove earlyStopping "
