@@ -30,12 +30,13 @@ def start(manifest: Path, mlflow_server: str, log: Path) -> tuple[subprocess.Pop
     return process, command
 
 
-def wait_until(process: subprocess.Popen[str], log: Path, ready: Callable[[], bool], seconds: float = 400) -> None:
+def wait_until(process: subprocess.Popen[str], log: Path, ready: Callable[[], bool], seconds: float = 400,
+               interval: float = 1.0) -> None:
     deadline = time.monotonic() + seconds
     while not ready():
         assert process.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, f"not ready in {seconds} s: {log.read_text()[-3000:]}"
-        time.sleep(1)
+        time.sleep(interval)
 
 
 def stop(process: subprocess.Popen[str], log: Path, signum: int, within: float = 120,
@@ -86,6 +87,7 @@ def test_ctrl_c_stops_a_sweep_and_the_same_command_resumes_it(tmp_path: Path, ml
     assert summary["mlflow"]["modelUri"] is None
     parent = client.get_run(summary["mlflow"]["parentRunId"])
     assert parent.info.status == "KILLED" and "best_val_acc" not in parent.data.metrics
+    assert parent.data.tags["raylight.interrupted"] == "SIGINT"  # the operator's why, on a cluster
     statuses = sorted(r.info.status for r in child_runs(client, parent.info.experiment_id, parent.info.run_id))
     assert statuses == ["FINISHED", "KILLED"]
     assert not client.search_model_versions("name = 'ctrl-c-best'")
@@ -105,6 +107,7 @@ def test_ctrl_c_stops_a_sweep_and_the_same_command_resumes_it(tmp_path: Path, ml
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == [1, 2, 3], (run.data.tags["raylight.trial_id"], steps)  # no gap, no repeat
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert "raylight.interrupted" not in client.get_run(parent.info.run_id).data.tags
     assert client.search_model_versions("name = 'ctrl-c-best'")
 
 
@@ -132,6 +135,7 @@ def test_sigterm_stops_a_training_job_and_the_same_command_resumes_it(tmp_path: 
     assert summary["interrupted"] == "SIGTERM" and "interrupted by SIGTERM: after" in log.read_text()
     run = client.get_run(summary["mlflow"]["runId"])
     assert run.info.status == "KILLED" and run.data.tags["raylight.state"] == "interrupted"
+    assert run.data.tags["raylight.interrupted"] == "SIGTERM"
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -141,6 +145,7 @@ def test_sigterm_stops_a_training_job_and_the_same_command_resumes_it(tmp_path: 
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
     assert sorted(steps) == [1, 2, 3, 4, 5], steps  # resumed from its checkpoint: no epoch twice
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert "raylight.interrupted" not in client.get_run(run.info.run_id).data.tags
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path: Path, mlflow_server: str) -> None:
@@ -158,3 +163,57 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path, mlflow_server: str) -> No
     said = log.read_text()
     assert code == 130 and "stopped at once by SIGINT" in said, said[-3000:]
     assert took < 30, f"{took:.0f} s after the second Ctrl-C"
+
+
+def test_ctrl_c_between_trials_then_sigterm_while_the_best_model_is_logged(tmp_path: Path, mlflow_server: str) -> None:
+    """The other moments a signal can land: between two trials (the sweep resumes with the next one),
+    and after the last trial, while the best model is logged (the run finishes its record: a
+    complete run, no half-logged model, nothing left to resume)."""
+    doc = sweep_doc("moments", numSamples=2, maxConcurrentTrials=1, scheduler={"fifo": {}})
+    doc["spec"]["trial"]["training"]["maxEpochs"] = 2
+    doc["spec"]["mlflow"]["registeredModelName"] = "moments-best"
+    manifest = tmp_path / "sweep.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    client = MlflowClient(mlflow_server)
+
+    def trial_runs() -> list:
+        return runs_tagged(client, "e2e-moments", "tags.`raylight.kind` = 'Trial'")
+
+    log = tmp_path / "first.log"
+    first, _ = start(manifest, mlflow_server, log)
+
+    def between_trials() -> bool:  # the first trial has reported its last epoch, the second none yet
+        epochs = [r.data.metrics.get("epoch") for r in trial_runs()]
+        return epochs.count(2) == 1 and all(not epoch for epoch in epochs if epoch != 2)
+
+    wait_until(first, log, between_trials, interval=0.3)
+    code, out, _ = stop(first, log, signal.SIGINT, group=True)
+    said = log.read_text()
+    assert code == 130 and "interrupted by SIGINT" in said, said[-3000:]
+    summary = yaml.safe_load(out)
+    assert summary["trials"]["total"] <= 2 and summary["mlflow"]["modelUri"] is None
+    parent_id = summary["mlflow"]["parentRunId"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+
+    log = tmp_path / "second.log"
+    second, _ = start(manifest, mlflow_server, log)
+
+    def logging_the_best_model() -> bool:
+        # The trials' runs are ended after Tune's last trial, just before the best model is logged.
+        runs = trial_runs()
+        return len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+    wait_until(second, log, logging_the_best_model, interval=0.2)
+    code, out, _ = stop(second, log, signal.SIGTERM)
+    said = log.read_text()
+    assert code == 0 and "SIGTERM received after the training ended" in said, said[-3000:]
+    finished = yaml.safe_load(out)
+    assert finished["resumed"] is True and finished["interrupted"] is None
+    assert finished["mlflow"]["parentRunId"] == parent_id and finished["mlflow"]["modelUri"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert len(client.search_model_versions("name = 'moments-best'")) == 1
+    runs = trial_runs()
+    assert len(runs) == 2 and len(runs_tagged(client, "e2e-moments", "tags.`raylight.kind` = 'TuneSweep'")) == 1
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2], (run.data.tags["raylight.trial_id"], steps)

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raylight.api import BestTrial, SweepProgress, TrialCounts
-from raylight.api.tags import TAG_ERROR, TAG_PROGRESS, TAG_UID
+from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED, TAG_PROGRESS, TAG_UID
 from tests.conftest import MlflowServer
 
 from .conftest import REPO, Cluster, OperatorProcess, wait_for
@@ -250,3 +250,28 @@ def test_a_failed_run_says_why_in_the_trainers_words(
     status = status_of(kube_cluster, "tj", "vit-digits", namespace)
     assert status["rootCause"] == "FileNotFoundError: /data/pets is empty"
     assert condition(status, "Failed")["message"] == "Job failed: FileNotFoundError: /data/pets is empty"
+
+
+def test_a_run_whose_pods_were_stopped_says_it_was_interrupted_and_how_it_resumes(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess, mlflow_server: str
+) -> None:
+    # A head pod deleted mid-run: the pod's preStop hook stopped the driver gracefully (its run
+    # KILLED and tagged), and the Ray job ended FAILED with the driver's exit code 143.
+    doc = yaml.safe_load((REPO / "examples" / "trainingjob.yaml").read_text())
+    doc["metadata"]["name"] = "cut"
+    assert kube_cluster.apply(doc, namespace).returncode == 0
+    body = wait_for(lambda: kube_cluster.get("tj", "cut", namespace), what="the job")
+    wait_for(lambda: kube_cluster.get("rayjob", "tj-cut", namespace), what="the RayJob")
+    kube_cluster.patch_status("rayjob", "tj-cut", namespace, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    wait_for(lambda: status_of(kube_cluster, "tj", "cut", namespace).get("phase") == "Running")
+    experiment = doc["spec"].get("mlflow", {}).get("experiment") or "cut"
+    client, _, run = _parent_run(mlflow_server, experiment, body["metadata"]["uid"])
+    client.set_tag(run, TAG_INTERRUPTED, "SIGTERM")
+    client.set_terminated(run, "KILLED")
+    kube_cluster.patch_status("rayjob", "tj-cut", namespace, {
+        "jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed",
+        "message": "Job entrypoint command failed with exit code 143"})
+    wait_for(lambda: "interrupted by SIGTERM" in condition(status_of(kube_cluster, "tj", "cut", namespace),
+                                                           "Failed").get("message", ""), what="the cause")
+    message = condition(status_of(kube_cluster, "tj", "cut", namespace), "Failed")["message"]
+    assert "spec.cluster.backoffLimit" in message and message.startswith("Job entrypoint command failed"), message

@@ -22,6 +22,8 @@ from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE, RELEASE_NAMESPACE = "raylight", "raylight-system"
+# The operator's pods of the release (not its bundled MLflow's).
+OPERATOR_PODS = "app.kubernetes.io/name=raylight,app.kubernetes.io/component!=mlflow"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,6 +60,17 @@ class Node:
         pvc["spec"]["storageClassName"] = ""
         self.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(pvc))
         return path
+
+
+def results_cluster(head_memory: str) -> dict[str, Any]:
+    """spec.cluster of a run on the test node: small pods, checkpoints on the results PVC
+    (Node.results_volume). The head holds the driver and a detached actor per running trial."""
+    return {
+        "head": {"cpu": "500m", "memory": head_memory}, "workers": {"memory": "3Gi"},
+        "volumes": [{"name": "results", "persistentVolumeClaim": {"claimName": "raylight-results"}}],
+        "volumeMounts": [{"name": "results", "mountPath": "/results"}],
+        "storagePath": "/results",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -127,4 +140,5 @@ def pods_of(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, A
     return cluster.list("pods", namespace, selector)
 
 
-__all__ = ["REPO", "Node", "Release", "mlflow_client", "mlflow_get", "pods_of", "wait_for"]
+__all__ = ["OPERATOR_PODS", "REPO", "Node", "Release", "mlflow_client", "mlflow_get", "pods_of", "results_cluster",
+           "wait_for"]

@@ -1,5 +1,6 @@
 """A TrainingJob whose two DDP workers are two pods: shared checkpoints, a worker pod and the
-operator's pod lost mid-run, suspend and resume, and a deleted resource that takes every pod with it."""
+operator's pod lost mid-run, and a deleted resource that takes every pod with it (test_suspend
+suspends and resumes a sweep)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from typing import Any
 
 import yaml
 
-from .conftest import Node, Release, mlflow_client, pods_of, wait_for
+from .conftest import OPERATOR_PODS, Node, Release, mlflow_client, pods_of, results_cluster, wait_for
 
 EPOCHS = 8
-OPERATOR_PODS = "app.kubernetes.io/name=raylight,app.kubernetes.io/component!=mlflow"
 
 
 def ddp_job(name: str) -> dict[str, Any]:
@@ -24,12 +24,7 @@ def ddp_job(name: str) -> dict[str, Any]:
             "objective": {"metric": "val_acc", "mode": "max"},
             "faultTolerance": {"maxFailures": 2},
             "mlflow": {"experiment": f"ddp-{name}"},
-            "cluster": {
-                "head": {"cpu": "500m", "memory": "4Gi"}, "workers": {"memory": "3Gi"},
-                "volumes": [{"name": "results", "persistentVolumeClaim": {"claimName": "raylight-results"}}],
-                "volumeMounts": [{"name": "results", "mountPath": "/results"}],
-                "storagePath": "/results",
-            },
+            "cluster": results_cluster(head_memory="4Gi"),
         },
     }
 
@@ -80,42 +75,3 @@ def test_two_worker_pods_train_with_ddp_and_survive_losing_one(
     wait_for(lambda: not pods_of(cluster, namespace, "raylight.dev/name=ddp"), timeout=180,
              what="the run's pods to be deleted")
     assert cluster.list("rayjobs", namespace) == []
-
-
-def test_suspend_frees_the_pods_and_resume_continues_the_run_across_an_operator_restart(
-    node: Node, raylight: Release, namespace: str
-) -> None:
-    cluster = node.cluster
-    node.results_volume(namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ddp_job("pause")))
-    ray_pods = "raylight.dev/name=pause,raylight.dev/role in (head,worker)"
-
-    def status() -> dict[str, Any]:
-        return dict(((cluster.get("trainingjob", "pause", namespace) or {}).get("status")) or {})
-
-    wait_for(lambda: int(status().get("epoch") or 0) >= 2, timeout=900, interval=2, what="epoch 2")
-    cluster.kubectl("patch", "trainingjob", "pause", "-n", namespace, "--type", "merge", "-p",
-                    '{"spec": {"suspend": true}}')
-    wait_for(lambda: status().get("phase") == "Suspended", timeout=300, interval=2, what="phase Suspended")
-    wait_for(lambda: not pods_of(cluster, namespace, ray_pods), timeout=300, interval=2,
-             what="the Ray pods to be deleted while suspended")
-
-    # The operator's pod is replaced while the run is suspended: the new one takes over.
-    old = {p["metadata"]["name"] for p in pods_of(cluster, raylight.namespace, OPERATOR_PODS)}
-    cluster.kubectl("delete", "pod", "-n", raylight.namespace, "-l", OPERATOR_PODS, "--wait=false")
-    wait_for(lambda: any(p["metadata"]["name"] not in old and p["status"].get("phase") == "Running"
-                         for p in pods_of(cluster, raylight.namespace, OPERATOR_PODS)),
-             timeout=180, what="a new operator pod")
-    cluster.kubectl("patch", "trainingjob", "pause", "-n", namespace, "--type", "merge", "-p",
-                    '{"spec": {"suspend": false}}')
-    waited = cluster.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=1200s",
-                             "trainingjob/pause", check=False, timeout=1260)
-    assert waited.returncode == 0, f"{waited.stderr}\nstatus: {status()}"
-    assert len(cluster.list("rayjobs", namespace)) == 1
-
-    # One MLflow run, resumed from its checkpoint: every epoch once, none trained twice.
-    client = mlflow_client(raylight)
-    runs = client.search_runs([client.get_experiment_by_name("ddp-pause").experiment_id])
-    assert len(runs) == 1 and runs[0].info.run_id == status()["mlflow"]["runId"]
-    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")]
-    assert sorted(steps) == sorted(set(steps)) and len(steps) == EPOCHS, steps

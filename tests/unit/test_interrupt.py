@@ -38,6 +38,35 @@ def test_in_a_sweep_the_first_signal_asks_tune_to_stop_and_the_second_stops_at_o
     assert signal.getsignal(signal.SIGUSR1) == before
 
 
+def test_a_second_sigterm_is_ignored_while_the_run_stops_a_ctrl_c_after_it_is_not() -> None:
+    # Kubernetes may send SIGTERM twice (KubeRay's job stop, then the pod's own stop): the graceful
+    # stop under way goes on; only a person's Ctrl-C means "now".
+    asked: list[int] = []
+    with interrupt.handling_signals(), interrupt.tune_stops_gracefully():
+        signal.signal(signal.SIGUSR1, lambda signum, frame: asked.append(signum))
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0.1)
+        assert asked == [signal.SIGUSR1] and interrupt.received_signal() == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.1)
+
+
+def test_after_the_training_a_signal_lets_the_bookkeeping_finish_and_a_second_ctrl_c_does_not(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with interrupt.handling_signals(), interrupt.finishing_up():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0.1)  # no KeyboardInterrupt: the best model's logging goes on
+        assert interrupt.received_signal() == signal.SIGTERM
+        assert "SIGTERM received after the training ended" in capfd.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.1)
+
+
 def test_background_work_hands_back_its_value_or_its_error() -> None:
     assert interrupt.in_background_thread(lambda: threading.current_thread().name) == "raylight-fit"
 

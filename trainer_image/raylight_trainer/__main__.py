@@ -10,10 +10,15 @@ import sys
 
 from raylight.cli import main
 
+from .pod_stop import write_driver_pid
 from .run_logs import kept_driver_output
 
 if __name__ == "__main__":
+    # In the head pod, the pod's preStop hook finds the driver by this file to stop it gracefully.
+    pid_file = write_driver_pid()
     # The driver's output is the pod's log; kept in MLflow too, it outlives the pod.
     with kept_driver_output():
         code = main(["run", *sys.argv[1:]])
+    if pid_file is not None:
+        pid_file.unlink(missing_ok=True)
     sys.exit(code)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -47,7 +48,9 @@ def exit_code(signum: int) -> int:
 
 def _on_signal(signum: int, frame: Any) -> None:
     if _state.received is not None:
-        raise KeyboardInterrupt  # the second signal: at once
+        if signum == signal.SIGTERM:
+            return  # already stopping; SIGKILL is how Kubernetes says "now"
+        raise KeyboardInterrupt  # a second Ctrl-C: at once
     _state.received = signum
     if _state.graceful is None:
         raise KeyboardInterrupt
@@ -124,6 +127,28 @@ def tune_stops_gracefully() -> Iterator[None]:
         tune_log.removeFilter(_drop_tunes_resume_hints)
         if hasattr(signal, "SIGUSR1") and usr1_before is not None:
             signal.signal(signal.SIGUSR1, usr1_before)
+
+
+def _let_it_finish() -> None:
+    name = signal_name(_state.received) if _state.received is not None else "a signal"
+    sys.stderr.write(f"{name} received after the training ended: the run's results, best model and final counts "
+                     "are being written, then it ends (Ctrl-C again stops at once)\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def finishing_up() -> Iterator[None]:
+    """Around what follows the training (the results read back, the best model logged, the MLflow
+    runs ended): a first signal here is noted and these seconds run to the end, so that no half-
+    logged model or half-written record is left behind; a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _state.graceful = _let_it_finish
+    try:
+        yield
+    finally:
+        _state.graceful = None
 
 
 def _drop_tunes_resume_hints(record: logging.LogRecord) -> bool:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from raylight.api import TrainingJob
-from raylight.api.tags import TAG_ERROR
+from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED
 
 from .attributions import attribute_on_cluster
-from .interrupt import in_background_thread, received_signal
+from .interrupt import finishing_up, in_background_thread, received_signal, signal_name
 from .resources import check_fits
 from .run_logs import keep_driver_log
 from .tracking import (
@@ -116,6 +117,12 @@ def set_final(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
 
 
+def resumed_run(client: MlflowClient, run_id: str) -> None:
+    """A run taken up again: no longer marked as interrupted."""
+    if TAG_INTERRUPTED in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, TAG_INTERRUPTED)
+
+
 def best_checkpoint_model(run_dir: Path, metric: str, mode: str) -> torch.nn.Module | None:
     """The model at the best checkpoint of a Ray Train run directory (None if it kept none)."""
     from ray.train import Result
@@ -156,12 +163,12 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     else:
         run_id = saved["run_id"]
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        resumed_run(client, run_id)
     keep_driver_log(settings.tracking_uri, run_id)
     resolved = resolved_spec(spec)
     if created:
         log_params(client, run_id, flatten(resolved))
         log_yaml(client, run_id, job.model_dump(mode="json", by_alias=True, exclude_none=True), "trainingjob.yaml")
-    metric, mode = spec.objective.metric, spec.objective.mode
     trainer = build_trainer(
         spec, spec.objective, name="train", storage_path=run_dir,
         tracking_uri=settings.tracking_uri, run_id=run_id, data_dir=settings.data_dir,
@@ -173,6 +180,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     except KeyboardInterrupt:
         # SIGINT/SIGTERM (interrupt.py): the checkpoints so far are kept; the same command resumes.
         client.set_tag(run_id, TAG_STATE, "interrupted")
+        client.set_tag(run_id, TAG_INTERRUPTED, signal_name(received_signal() or signal.SIGINT))
         set_final(client, run_id, RunStatus.to_string(RunStatus.KILLED))
         return JobResult(
             name=name, namespace=namespace, tracking_uri=settings.tracking_uri, experiment_id=experiment_id,
@@ -182,6 +190,17 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
         )
     except Exception as exc:  # Ray wraps worker errors; report the root cause
         error = root_cause(exc)
+    with finishing_up():
+        return _finish_training_job(job, settings, client, experiment_id, run_id, error, started)
+
+
+def _finish_training_job(job: TrainingJob, settings: RunSettings, client: MlflowClient, experiment_id: str,
+                         run_id: str, error: str | None, started: float) -> JobResult:
+    """After the training: the best model logged, the run ended with its state."""
+    spec, name, namespace = job.spec, job.metadata.name, job.metadata.namespace
+    run_dir = settings.storage_path / namespace / name
+    experiment_name = spec.mlflow.experiment or name
+    metric, mode = spec.objective.metric, spec.objective.mode
     history = {key: metric_history(client, run_id, key) for key in REPORTED_METRICS if key != "lr"}
     epochs = len(history.get(metric, []))
     values = [v for _, v in history.get(metric, []) if math.isfinite(v)]
@@ -192,7 +211,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
         if model is not None:
             model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
                                   spec.mlflow.registered_model_name, model_card(model, spec.data.dataset))
-            if spec.interpretability.enabled:
+            if spec.interpretability.enabled and received_signal() is None:  # not when asked to stop
                 artifact = attribute_on_cluster(model, trial_part(spec), settings.data_dir, settings.tracking_uri,
                                                 run_id)
                 attributions_uri = f"runs:/{run_id}/{artifact}" if artifact else None

@@ -16,13 +16,22 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raylight.api import BestTrial, Distribution, SweepProgress, TrialCounts, TrialSpec, TuneSweep, apply_overrides
-from raylight.api.tags import TAG_ERROR
+from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED
 
 from .attributions import attribute_on_cluster
-from .interrupt import received_signal, tune_stops_gracefully
+from .interrupt import finishing_up, received_signal, signal_name, tune_stops_gracefully
 from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
 from .run_logs import keep_driver_log
-from .runs import RunSettings, best_checkpoint_model, claim_run_dir, save_state, set_final, spec_hash, with_run
+from .runs import (
+    RunSettings,
+    best_checkpoint_model,
+    claim_run_dir,
+    resumed_run,
+    save_state,
+    set_final,
+    spec_hash,
+    with_run,
+)
 from .sweep_progress import ProgressReporter, trial_error, trial_state, write_progress
 from .tracking import (
     TAG_BEST_TRIAL_ID,
@@ -163,6 +172,7 @@ def run_sweep(
     if state.get("parent_run_id"):
         parent_run_id = state["parent_run_id"]
         client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        resumed_run(client, parent_run_id)
     else:
         parent = client.create_run(
             experiment_id, run_name=name,
@@ -233,17 +243,32 @@ def run_sweep(
             local._run_config.callbacks = callbacks
     with tune_stops_gracefully():
         tuner.fit()
+    interrupted = received_signal()  # during the trials: the sweep is not over
+    with finishing_up():
+        return _finish_sweep(sweep, settings, client, experiment_id, parent_run_id, resumable, concurrency,
+                             interrupted, started)
 
+
+def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient, experiment_id: str,
+                  parent_run_id: str, resumed: bool, concurrency: int, interrupted: int | None,
+                  started: float) -> SweepResult:
+    """After Tune: the trials' outcomes, their runs ended, then the best model and the final counts
+    (or, for an interrupted sweep, its parent run KILLED, waiting for the resume)."""
+    spec, name, namespace = sweep.spec, sweep.metadata.name, sweep.metadata.namespace
+    experiment_dir = settings.storage_path / namespace / name
+    experiment_name = spec.mlflow.experiment or name
+    metric, mode = spec.objective.metric, spec.objective.mode
     result = SweepResult(name=name, namespace=namespace, tracking_uri=settings.tracking_uri,
                          experiment_id=experiment_id, experiment_name=experiment_name,
-                         parent_run_id=parent_run_id, resumed=resumable, max_concurrent_trials=concurrency)
+                         parent_run_id=parent_run_id, resumed=resumed, max_concurrent_trials=concurrency)
     result.trials = _outcomes(experiment_dir, spec.max_t(), metric, mode)
     _finish_child_runs(client, experiment_id, parent_run_id, result.trials, spec.max_t(), metric, mode)
-    result.interrupted = received_signal()
-    if result.interrupted is not None:
+    result.interrupted = interrupted
+    if interrupted is not None:
         # Stopped by SIGINT/SIGTERM: Tune kept the state to resume from; the sweep is not over,
         # so no best model and no final counts, and the parent run waits (KILLED) for the resume.
         write_progress(client, parent_run_id, _final_progress(result, spec.num_samples))
+        client.set_tag(parent_run_id, TAG_INTERRUPTED, signal_name(interrupted))
         set_final(client, parent_run_id, "KILLED")
         result.wall_seconds = time.monotonic() - started
         return result
@@ -280,8 +305,8 @@ def _attribute_trials(result: SweepResult, best_model: Any, spec: Any, experimen
                       settings: RunSettings, metric: str, mode: str) -> None:
     """Integrated-gradients pictures: the best trial's, and every finished trial's if asked."""
     wanted = spec.trial.interpretability
-    if not wanted.enabled or result.best is None:
-        return
+    if not wanted.enabled or result.best is None or received_signal() is not None:
+        return  # (pictures take a while: not when asked to stop)
     chosen = [result.best]
     if wanted.all_trials:
         chosen += [t for t in result.trials

@@ -112,6 +112,11 @@ class ClusterSpec(SpecModel):
     """Fail the run after this many seconds."""
     backoff_limit: int = Field(default=0, ge=0, le=100)
     """Times KubeRay retries the whole run on a new Ray cluster (resuming from its checkpoints)."""
+    termination_grace_period_seconds: int = Field(default=60, ge=10, le=3600)
+    """Seconds the Ray pods have to stop when they are deleted (suspend, a deleted head pod, a
+    node drain): the driver stops the run as Ctrl-C does (MLflow runs KILLED, checkpoints and the
+    sweep's state kept), and a resumed run continues it. Raise it when saving the run's state takes
+    longer; a worker pod deleted alone trains on for this long before Ray Train resumes elsewhere."""
     ttl_seconds_after_finished: int = Field(default=0, ge=0)
     """Seconds KubeRay keeps the finished run's Ray cluster (its pods, GPUs included) for a look at
     their logs before it deletes it. The RayJob and its submitter Job (the driver's log) stay until

@@ -16,6 +16,9 @@ TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 TAG_PROGRESS = "raylight.progress"
 # A failed run (a TrainingJob's, or a sweep whose every trial failed): the root cause, one line.
 TAG_ERROR = "raylight.error"
+# A run whose last attempt a signal stopped before it ended (SIGINT, SIGTERM: on a cluster, its
+# Ray pods were stopped): the signal's name; removed when the run resumes.
+TAG_INTERRUPTED = "raylight.interrupted"
 # The best model's MLflow URI (models:/NAME/VERSION when registered), on a TrainingJob's run or a
 # sweep's parent run once logged: the operator copies it into status.mlflow.modelUri.
 TAG_MODEL_URI = "raylight.model_uri"

@@ -195,8 +195,11 @@ def print_interrupted(summary: dict[str, Any], console: Console) -> None:
                  f"(their last checkpoints kept), {unstarted} not started")
     else:
         where = f"after {summary['epochs']} epoch(s) (its last checkpoint kept)"
+    # In a RayJob's pod (KubeRay sets RAY_ADDRESS) the signal came from Kubernetes stopping the pods.
+    resume = ("It resumes from there when its Ray cluster starts again (a suspended resource: spec.suspend "
+              "back to false)" if os.environ.get("RAY_ADDRESS") else "Run the same command to resume it")
     console.print(f"[yellow]interrupted[/yellow] by {summary['interrupted']}: {where}. "
-                  f"Run the same command to resume it (MLflow: {summary['mlflow']['trackingUri']}).", soft_wrap=True)
+                  f"{resume} (MLflow: {summary['mlflow']['trackingUri']}).", soft_wrap=True)
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:

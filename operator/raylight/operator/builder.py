@@ -16,6 +16,7 @@ import yaml
 
 from raylight.api import API_VERSION, TuneSweep
 from raylight.api.manifest import Resource
+from raylight.api.pods import DRIVER_PID_FILE, DRIVER_PID_FILE_ENV, POD_STOP_MODULE, RAY_SHUTDOWN_SECONDS
 
 # The Ray version of the trainer image (pyproject pins ray to it): KubeRay needs it to shape pods.
 RAY_VERSION = "2.60.0"
@@ -220,6 +221,22 @@ def shared_storage_path(resource: Resource) -> str:
     return path
 
 
+def stopping_gracefully(container: dict[str, Any], role: str, grace_seconds: int) -> dict[str, Any]:
+    """A Ray container whose pod, when Kubernetes stops it, lets the run stop as Ctrl-C stops it
+    (raylight_trainer.pod_stop): `ray start` itself kills its pod's Ray processes on SIGTERM.
+    role "driver" (the head) stops the driver; "workers" wait until it has."""
+    within = str(grace_seconds - RAY_SHUTDOWN_SECONDS)
+    hook = {"preStop": {"exec": {"command": ["python", "-m", POD_STOP_MODULE, role, "--within", within]}}}
+    if role == "driver":
+        container["env"] = [
+            *container.get("env", []),
+            {"name": DRIVER_PID_FILE_ENV, "value": DRIVER_PID_FILE},
+            # How KubeRay stops the job when the RayJob is deleted: as long as the hook would wait.
+            {"name": "RAY_JOB_STOP_WAIT_TIME_S", "value": within},
+        ]
+    return {**container, "lifecycle": hook}
+
+
 def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, Any]:
     """The KubeRay RayJob (ray.io/v1) that runs a TrainingJob or TuneSweep."""
     spec, cluster, meta = resource.spec, resource.spec.cluster, resource.metadata
@@ -234,6 +251,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     env_from = [{"secretRef": {"name": name}} for name in names]
     user_mounts = [m.wire() for m in cluster.volume_mounts]
 
+    grace = cluster.termination_grace_period_seconds
     def container(role: str, resources: dict[str, str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "name": f"ray-{role}",
@@ -252,7 +270,8 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
 
     def pod(role: str, containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
             placement: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
-        pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes, **placement}
+        pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes, **placement,
+                                    "terminationGracePeriodSeconds": grace}
         if cluster.priority_class_name:
             pod_spec["priorityClassName"] = cluster.priority_class_name
         if cluster.service_account_name:
@@ -269,7 +288,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         {"path": MANIFEST_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{MANIFEST_ANNOTATION}']"}}]}}
     head = pod(
         "head",
-        [container("head", head_resources, [manifest_mount, *user_mounts])],
+        [stopping_gracefully(container("head", head_resources, [manifest_mount, *user_mounts]), "driver", grace)],
         [manifest_volume, *cluster.volumes],
         {},
         {MANIFEST_ANNOTATION: _yaml(trainer_manifest(resource, settings))},
@@ -284,7 +303,8 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         placement["tolerations"] = [t.wire() for t in cluster.tolerations]
     if cluster.affinity:
         placement["affinity"] = cluster.affinity
-    worker = pod("worker", [container("worker", worker_resources, user_mounts)], list(cluster.volumes), placement)
+    worker = pod("worker", [stopping_gracefully(container("worker", worker_resources, user_mounts), "workers", grace)],
+                 list(cluster.volumes), placement)
 
     # A sweep some of whose trials failed still succeeded (its status counts them): the RayJob
     # fails only when the run does.

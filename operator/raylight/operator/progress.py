@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from raylight.api import SweepProgress, TrainingJob, TuneSweep
 from raylight.api.manifest import Resource
-from raylight.api.tags import TAG_ERROR, TAG_MODEL_URI, TAG_PARENT_RUN_ID, TAG_PROGRESS, TAG_UID
+from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED, TAG_MODEL_URI, TAG_PARENT_RUN_ID, TAG_PROGRESS, TAG_UID
 
 _TIMEOUT_S = 10
 _MAX_PAUSE_S = 60.0
@@ -174,6 +174,8 @@ def read_progress(resource: Resource, tracking_uri: str, known: dict[str, Any] |
     error_lines = [line.strip() for line in tags.get(TAG_ERROR, "").splitlines() if line.strip()]
     if error_lines:
         status["rootCause"] = error_lines[-1][:1024]  # the exception's own line, within the schema's bound
+    elif tags.get(TAG_INTERRUPTED):
+        status["rootCause"] = interrupted_cause(tags[TAG_INTERRUPTED])
     metric = spec.objective.metric
     if isinstance(resource, TrainingJob):
         metrics = run_metrics(run)
@@ -194,6 +196,14 @@ def read_progress(resource: Resource, tracking_uri: str, known: dict[str, Any] |
     if progress.best_trial is not None:
         status["bestTrial"] = progress.best_trial.wire()
     return status
+
+
+def interrupted_cause(signal_name: str) -> str:
+    """Why a run that a signal stopped ended (shown if its RayJob then failed): on a cluster, its
+    Ray pods were stopped while it ran, a deleted head pod or a drained node."""
+    return (f"interrupted by {signal_name}: its Ray pods were stopped (a deleted head pod, a drained node); its "
+            "checkpoints are kept, and with spec.cluster.backoffLimit >= 1 KubeRay starts it again on a new Ray "
+            "cluster, which resumes it")
 
 
 @dataclass(frozen=True)
