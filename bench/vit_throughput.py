@@ -13,7 +13,7 @@ import argparse
 import json
 import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from raylight_trainer.model import VisionTransformer, ViTConfig, training_flops_per_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
+from check import seconds_per_step  # bench/gpu/check.py: the one timing loop
 
 CASES = {
     "cpu": [("vit-nano", 128), ("vit-cifar", 32), ("vit-tiny", 8)],
@@ -45,14 +48,7 @@ def step_timer(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
         optimizer.zero_grad(set_to_none=True)
 
     def timed(steps: int) -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / steps
+        return seconds_per_step(step, steps, device)
 
     return timed
 

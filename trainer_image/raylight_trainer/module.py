@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import shutil
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
@@ -31,6 +33,20 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def compile_problem(on_gpu: bool) -> str | None:
+    """Why torch.compile (its Inductor backend) cannot run here, or None when it can."""
+    if on_gpu:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed"
+        major, minor = torch.cuda.get_device_capability()
+        return None if major >= 7 else f"the GPU's compute capability {major}.{minor} is below Triton's 7.0"
+    if not any(shutil.which(compiler) for compiler in ("g++", "c++", "clang++")):
+        return "no C++ compiler (g++, c++ or clang++) for a CPU worker"
+    return None
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -61,6 +77,16 @@ class ImageClassifier(pl.LightningModule):
             "val_auroc": MulticlassAUROC(num_classes=classes, average="macro"),
         })
         self.val_loss = MeanMetric()
+
+    def setup(self, stage: str) -> None:
+        # Compiled for training only, in place: the state dict (checkpoints, the logged model) is
+        # the uncompiled network's.
+        if stage == "fit" and self.training_spec.get("compile"):
+            problem = compile_problem(on_gpu=self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+            if problem is None:
+                self.net.compile()
+            else:
+                rank_zero_warn(f"training.compile: {problem}; training without torch.compile")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

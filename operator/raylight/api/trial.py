@@ -193,6 +193,10 @@ class TrainingSpec(SpecModel):
     """Cross-entropy label smoothing."""
     grad_clip: float | None = Field(default=1.0, gt=0)
     """Clip the gradient norm to this value (unset: no clipping)."""
+    compile: bool = False
+    """torch.compile the model for training: faster steps after a compile of tens of seconds per
+    worker (the same weights and checkpoints). Where it cannot run (no C++ compiler for a CPU
+    worker, no Triton or an old GPU) the worker says why and trains without it."""
     seed: int = Field(default=0, ge=0)
     """Seed for weights, data split, shuffling and augmentation."""
 
