@@ -400,11 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device here: pass --cpu for the dry run")
     sizes = CPU if args.cpu else GPU
+    from raylight_trainer.module import compile_problem
+
+    cannot_compile = compile_problem(on_gpu=sizes.device == "cuda")
+    if cannot_compile:  # the eager parts still run; the report says why the compiled ones did not
+        print(f"torch.compile cannot run here ({cannot_compile}): eager only", flush=True)
+        sizes = dataclasses.replace(sizes, compile=False)
     parts = set(args.parts.split(","))
     started = time.monotonic()
     deadline = started + args.budget_s
     name, peak = device_peak(sizes, args.peak_tflops)
     report: dict[str, Any] = {"device": sizes.device, "device_name": name, "peak_flops": peak,
+                              "compile_problem": cannot_compile,
                               "dtype": str(sizes.dtype).removeprefix("torch."), "torch": torch.__version__,
                               "threads": torch.get_num_threads()}
     if "vit" in parts:

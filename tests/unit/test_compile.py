@@ -34,6 +34,8 @@ def fit(compile_model: bool) -> ImageClassifier:
 
 
 def test_a_compiled_model_trains_to_the_same_weights_and_keeps_its_state_dict_keys() -> None:
+    if module_file.compile_problem(on_gpu=False):
+        pytest.skip(f"torch.compile cannot run here: {module_file.compile_problem(on_gpu=False)}")
     plain, compiled = fit(False), fit(True)
     assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
     assert list(compiled.state_dict()) == list(plain.state_dict())  # no _orig_mod. prefix in checkpoints

@@ -26,11 +26,12 @@ def test_the_dry_run_times_every_model_part_and_writes_its_report(tmp_path: Path
     report = json.loads((tmp_path / "check_cpu.json").read_text())
     assert (tmp_path / "check_cpu.png").stat().st_size > 10_000
     vit = report["vit"]
-    assert [row["compiled"] for row in vit] == [False, True]
+    assert [row["compiled"] for row in vit] == ([False] if report["compile_problem"] else [False, True])
     for row in vit:  # both models timed, FLOPs counted by PyTorch, no MFU without a device peak
         assert row["raylight_images_per_s"] > 0 and row["timm_images_per_s"] > 0
         assert row["flops_per_step"] > 0 and row["raylight_mfu"] is None
-    assert {"unfused_ms", "fused_ms", "compiled_ms"} <= set(report["mlp"][0])
+    assert {"unfused_ms", "fused_ms"} <= set(report["mlp"][0])
+    assert ("compiled_ms" in report["mlp"][0]) is not bool(report["compile_problem"])
     assert report["effnet"]["channels_last_speedup"] > 0
     assert report["optim"]["fused_adamw_speedup"] > 0
     assert "vit    vit-tiny" in done.stdout and "effnet" in done.stdout
