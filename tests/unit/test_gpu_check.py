@@ -67,3 +67,9 @@ def test_without_a_gpu_the_check_asks_for_the_dry_run(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         check.main([])
     assert "--cpu" in capsys.readouterr().err
+
+
+def test_the_run_summary_is_read_from_stdout_even_with_a_line_after_it() -> None:
+    assert check._json_summary('{"trials": {"total": 4}}\n') == {"trials": {"total": 4}}
+    assert check._json_summary('(raylet) a warning\n{"trials": 1}\n(raylet) another\n') == {"trials": 1}
+    assert check._json_summary("Traceback: no summary") is None
