@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raylight.api import BestTrial, Distribution, SweepProgress, TrialCounts, TrialSpec, TuneSweep, apply_overrides
-from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED
+from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED, TAG_PARENT_RUN_ID
 
 from .attributions import attribute_on_cluster
 from .interrupt import finishing_up, received_signal, signal_name, tune_stops_gracefully
@@ -42,6 +42,7 @@ from .tracking import (
     TAG_TRIAL_ID,
     ensure_experiment,
     find_or_create_run,
+    find_run,
     flatten,
     log_model,
     log_params,
@@ -351,6 +352,11 @@ def _final_progress(result: SweepResult, num_samples: int) -> SweepProgress:
 def _finish_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
                        trials: list[TrialOutcome], max_t: int, metric: str, mode: str) -> None:
     for trial in trials:
+        opened = find_run(client, experiment_id, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT_RUN_ID: parent_run_id})
+        if opened is None and trial.state in ("pending", "running"):
+            # Cut before it opened its run (the node test suspended one so): the resumed trial
+            # opens it; one made here, without the trial's other tags, would be a second run.
+            continue
         run_id, _ = find_or_create_run(
             client, experiment_id, run_name=trial.trial_id,
             tags={TAG_TRIAL_ID: trial.trial_id}, parent_run_id=parent_run_id,
