@@ -21,10 +21,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path, mlflow_server: str) -> None:
-    """Kill the driver mid-sweep, run it again: finished trials stay as they were, no duplicate runs."""
+    """Kill the driver mid-sweep, run it again: finished trials stay as they were, no duplicate runs.
+
+    Its trials are data-parallel (2 workers), so a sweep whose trials drive Ray Train worker groups
+    stays covered; the other sweep tests' one-worker trials train in their Tune trials' processes."""
     doc = sweep_doc("resume", numSamples=5, maxConcurrentTrials=1,
                     scheduler={"fifo": {}})
     doc["spec"]["trial"]["training"]["maxEpochs"] = 2
+    doc["spec"]["trial"]["resources"] = {"workers": 2, "cpusPerWorker": 1}
     manifest = tmp_path / "sweep.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     command = [sys.executable, "-m", "raylight.cli", "run", str(manifest), "--tracking-uri", mlflow_server,

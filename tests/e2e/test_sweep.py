@@ -14,6 +14,7 @@ from raylight.api import SweepProgress, TuneSweep, parse_resource
 from raylight.api.tags import TAG_PROGRESS
 from raylight_trainer.runs import RunSettings
 from raylight_trainer.sweep import run_sweep
+from tests.e2e.kill import kill_after_epoch
 from tests.unit.test_data import write_imagefolder
 
 pytestmark = pytest.mark.slow
@@ -96,7 +97,10 @@ def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> 
     assert midway[0].best_trial is not None and midway[0].trials.total == 6
     assert watcher.finished_children_midway, "no child run ended while the sweep ran"
     assert counts["total"] == 6 and counts["failed"] == 0
-    assert counts["stopped_early"] >= 2, counts
+    # Asynchronous ASHA judges a trial against the results its rung has so far: the first trial to
+    # reach a rung always goes on, and of two trials in lockstep the faster (here dim 32, the worse
+    # one) reaches each rung first. So which trials stop depends on timing; that some stop does not.
+    assert counts["stopped_early"] >= 1, counts
     assert counts["succeeded"] + counts["stopped_early"] == 6
 
     client = MlflowClient(mlflow_server)
@@ -199,3 +203,30 @@ def trial_log(client: MlflowClient, run_id: str) -> str:
 
     with tempfile.TemporaryDirectory() as scratch:
         return Path(client.download_artifacts(run_id, "logs/worker-0.log", scratch)).read_text()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_trial_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path, mlflow_server: str) -> None:
+    """A one-worker trial trains in its Tune trial's own process: SIGKILL that process after epoch 2
+    and Tune starts the trial again from its last checkpoint (faultTolerance.maxFailures), so every
+    epoch is trained and logged once, and its best checkpoint is the logged model."""
+    doc = sweep_doc("trial-killed", numSamples=1, scheduler={"fifo": {}},
+                    mlflow={"experiment": "e2e-trial-killed", "registeredModelName": ""})
+    doc["spec"]["trial"]["faultTolerance"] = {"maxFailures": 1, "checkpointsToKeep": 1}
+    client = MlflowClient(mlflow_server)
+    killer, killed = kill_after_epoch(client, "e2e-trial-killed", "tags.`raylight.kind` = 'Trial'", 2,
+                                      "ImplicitFunc")
+    result = run_sweep(as_sweep(doc), RunSettings(tracking_uri=mlflow_server, storage_path=tmp_path))
+    killer.join(timeout=5)
+    assert killed, "the trial's process was never killed"
+    assert result.counts()["succeeded"] == 1, result.trials
+    (trial,) = result.trials
+    assert trial.epochs == 4 and trial.run_id
+    steps = [m.step for m in client.get_metric_history(trial.run_id, "val_acc")]
+    assert sorted(set(steps)) == [1, 2, 3, 4]
+    assert steps.count(1) == 1, f"epoch 1 ran twice: the trial restarted instead of resuming ({steps})"
+    # Only one checkpoint kept (checkpointsToKeep: 1) and still a model: the best one, by val_acc.
+    assert result.model_uri and client.get_run(result.parent_run_id).data.metrics["best_val_acc"] == max(
+        m.value for m in client.get_metric_history(trial.run_id, "val_acc"))
+    kept = trial_log(client, trial.run_id)
+    assert "resumed" in kept and "epoch 4/4 " in kept, kept

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from raylight.api import TrainingJob, parse_resource
 from raylight_trainer.data import load_data
 from raylight_trainer.runs import RunSettings, run_training_job
+from tests.e2e.kill import kill_after_epoch
 from tests.unit.test_data import write_cifar10, write_cifar100, write_imagefolder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -130,34 +131,11 @@ def test_worker_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path, mlflo
 
     Ray Train's controller learns of a reported checkpoint by polling the workers: a kill right after
     the first epochs can beat it there on a loaded machine, so the kill waits for epoch 3."""
-    import os
-    import signal
-    import threading
-    import time
-
-    from ray.util.state import list_actors
-
     resource = job("survives-a-kill", training={"maxEpochs": 5, "batchSize": 64},
                    faultTolerance={"maxFailures": 2, "checkpointsToKeep": 2})
     client = MlflowClient(mlflow_server)
-    killed: list[int] = []
-
-    def kill_after_third_epoch() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            time.sleep(0.5)
-            experiment = client.get_experiment_by_name("e2e-jobs")
-            if experiment is None:
-                continue
-            runs = client.search_runs([experiment.experiment_id], "tags.`raylight.name` = 'survives-a-kill'")
-            if not runs or runs[0].data.metrics.get("epoch", 0) < 3:
-                continue
-            for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
-                os.kill(actor.pid, signal.SIGKILL)
-                killed.append(actor.pid)
-
-    killer = threading.Thread(target=kill_after_third_epoch, daemon=True)
-    killer.start()
+    killer, killed = kill_after_epoch(client, "e2e-jobs", "tags.`raylight.name` = 'survives-a-kill'", 3,
+                                      "RayTrainWorker")
     result = run_training_job(resource, settings(tmp_path, mlflow_server))
     killer.join(timeout=5)
     assert killed, "the worker was never killed"

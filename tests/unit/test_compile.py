@@ -58,3 +58,23 @@ def test_compile_is_off_unless_asked_and_named_in_the_spec() -> None:
     assert isinstance(job, TrainingJob) and job.spec.training.compile is True
     doc["spec"]["training"] = {}
     assert parse_resource(doc).spec.training.compile is False  # type: ignore[union-attr]
+
+
+def test_adamw_is_fused_and_updates_the_weights_as_the_unfused_one_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module's AdamW runs fused (one kernel over all parameters); trained with a plain
+    AdamW instead, the weights come out the same."""
+    fused = fit(compile_model=False)
+    (optimizer,) = fused.trainer.optimizers
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+
+    plain_adamw = torch.optim.AdamW
+
+    def unfused(*args: Any, **kwargs: Any) -> torch.optim.AdamW:
+        kwargs.pop("fused", None)
+        return plain_adamw(*args, **kwargs)
+
+    monkeypatch.setattr(module_file.torch.optim, "AdamW", unfused)
+    plain = fit(compile_model=False)
+    assert plain.trainer.optimizers[0].defaults["fused"] is None
+    for (name, a), (_, b) in zip(fused.net.state_dict().items(), plain.net.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name

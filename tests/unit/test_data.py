@@ -118,3 +118,31 @@ def test_imagefolder_without_classes(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="empty"):
         load_data(DataSpec(dataset="imagefolder", path=str(tmp_path / "empty")), 16)
+
+
+@pytest.mark.parametrize(("source", "size", "channels"), [(8, 16, 1), (32, 32, 3), (32, 24, 3)])
+def test_tensor_transform_does_what_torchvision_v2_does(source: int, size: int, channels: int) -> None:
+    """The lean per-image transform against torchvision's v2 steps it replaces: validation exactly,
+    training as one of the edge-padded crops (and their mirror images) v2 could have picked."""
+    from torchvision.transforms import v2 as T
+
+    from raylight_trainer.data import TensorTransform
+
+    mean, std = (0.3,) * channels, (0.4,) * channels
+    image = torch.randint(0, 256, (channels, source, source), dtype=torch.uint8)
+    base = [T.ToDtype(torch.float32, scale=True), T.Resize(size, antialias=True)]
+    expected = T.Compose([*base, T.Normalize(mean, std)])(image)
+    assert torch.allclose(TensorTransform(size, mean, std, train=False, flip=True)(image), expected, atol=1e-5)
+
+    pad = max(1, size // 8)
+    padded = T.Compose([*base, T.Pad(pad, padding_mode="edge"), T.Normalize(mean, std)])(image)
+    crops = [padded[:, i:i + size, j:j + size] for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
+    crops += [crop.flip(-1) for crop in crops]
+    train = TensorTransform(size, mean, std, train=True, flip=True)
+    picked = set()
+    for _ in range(60):
+        out = train(image)
+        matches = [k for k, crop in enumerate(crops) if torch.allclose(out, crop, atol=1e-5)]
+        assert matches, "not a shifted (or mirrored) copy of the image"
+        picked.add(matches[0])
+    assert len(picked) > 5  # the shift (and flip) are random

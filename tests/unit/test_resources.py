@@ -35,3 +35,17 @@ def test_request_that_can_never_fit_names_the_field() -> None:
 def test_worker_larger_than_any_node() -> None:
     with pytest.raises(ResourceError, match="largest Ray node has 2"):
         check_fits(trial(workers=1, cpusPerWorker=3), {"CPU": 4.0}, [{"CPU": 2.0}, {"CPU": 2.0}])
+
+
+def test_a_one_worker_trial_reserves_its_worker_a_worker_group_trial_only_its_driver() -> None:
+    """A one-worker trial trains in its Tune trial's process, which therefore holds the worker's CPU
+    and GPU (fractional GPUs pack as before); a data-parallel trial's workers are Ray Train's
+    placement group, so its Tune trial holds only the driver's memory. The sampled config counts."""
+    from raylight_trainer.resources import TRIAL_DRIVER_RESOURCES, trial_resources
+
+    base = {"resources": {"workers": 1, "cpusPerWorker": 2}}
+    assert trial_resources({"resources.gpusPerWorker": 0.25}, base).required_resources == {"CPU": 2.0, "GPU": 0.25}
+    assert trial_resources({}, base).required_resources == {"CPU": 2.0}
+    group = trial_resources({"resources.workers": 2}, base).required_resources
+    assert group.get("CPU", 0.0) == 0.0 and "GPU" not in group
+    assert group["memory"] == TRIAL_DRIVER_RESOURCES["memory"]

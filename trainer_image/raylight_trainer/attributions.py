@@ -141,19 +141,32 @@ def log_attributions(model: nn.Module, trial: dict[str, Any], data_dir: str | No
     return f"{ARTIFACT_DIR}/{ARTIFACT_NAME}"
 
 
-def attribute_on_cluster(model: nn.Module, spec: TrialSpec, data_dir: str | None, tracking_uri: str,
-                         run_id: str) -> str | None:
-    """log_attributions as a Ray task shaped like one training worker (the driver may have no GPU
-    or data volume); a failure is logged and tagged, never raised: the run itself succeeded."""
-    import ray
-    from mlflow.tracking import MlflowClient
+class PendingAttributions:
+    """log_attributions started as a Ray task shaped like one training worker (the driver may have
+    no GPU or data volume). Started before the model is logged, it runs meanwhile: both take
+    seconds, mostly imports, in separate processes."""
 
-    gpus = min(1.0, spec.resources.gpus_per_worker)
-    task = ray.remote(log_attributions).options(num_cpus=min(1.0, spec.resources.cpus_per_worker), num_gpus=gpus)
-    try:
-        return str(ray.get(task.remote(model.cpu(), spec.wire(), data_dir, tracking_uri, run_id)))
-    except Exception as exc:  # Ray wraps the task's error
-        message = root_cause(exc)
-        log.warning("integrated gradients failed for run %s: %s", run_id, message)
-        MlflowClient(tracking_uri).set_tag(run_id, "raylight.attributions_error", message[:5000])
-        return None
+    def __init__(self, model: nn.Module, spec: TrialSpec, data_dir: str | None, tracking_uri: str,
+                 run_id: str) -> None:
+        import ray
+
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        gpus = min(1.0, spec.resources.gpus_per_worker)
+        task = ray.remote(log_attributions).options(num_cpus=min(1.0, spec.resources.cpus_per_worker),
+                                                    num_gpus=gpus)
+        self.ref = task.remote(model.cpu(), spec.wire(), data_dir, tracking_uri, run_id)
+
+    def artifact(self) -> str | None:
+        """The picture's artifact path; a failure is logged and tagged, never raised: the run
+        itself succeeded."""
+        import ray
+        from mlflow.tracking import MlflowClient
+
+        try:
+            return str(ray.get(self.ref))
+        except Exception as exc:  # Ray wraps the task's error
+            message = root_cause(exc)
+            log.warning("integrated gradients failed for run %s: %s", self.run_id, message)
+            MlflowClient(self.tracking_uri).set_tag(self.run_id, "raylight.attributions_error", message[:5000])
+            return None
+

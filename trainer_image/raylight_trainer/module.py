@@ -125,7 +125,10 @@ class ImageClassifier(pl.LightningModule):
                 groups, lr=spec["learning_rate"], momentum=spec["momentum"], nesterov=True
             )
         else:
-            optimizer = torch.optim.AdamW(groups, lr=spec["learning_rate"], betas=(0.9, 0.999))
+            # Fused: one kernel for all parameters instead of a loop over them; the same update
+            # (bench/trial_overhead.py: 3.4 -> 1.0 ms a step for the quickstart's ViT on a CPU).
+            fused = next(self.net.parameters()).device.type in ("cpu", "cuda")
+            optimizer = torch.optim.AdamW(groups, lr=spec["learning_rate"], betas=(0.9, 0.999), fused=fused or None)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = int(spec["warmup_epochs"] * per_epoch)

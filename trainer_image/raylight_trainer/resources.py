@@ -1,5 +1,8 @@
 """Resource requests that always fit the Ray cluster, or a clear error when they never can.
 
+A one-worker trial trains in its Tune trial's own process (train.fit_in_trial), which reserves
+the worker's CPU and GPU like any Tune trial; the rules below are for data-parallel trials.
+
 Why this exists: a Tune trial that wraps a Ray Train `TorchTrainer` holds two reservations,
 its own (the trial driver) and the worker group's placement group, which Tune does not see.
 Tune therefore starts trials whose worker groups cannot all fit, and the ones left waiting
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from raylight.api import TrialSpec
+from raylight.api import TrialSpec, apply_overrides
 
 # What a trial driver reserves: it needs memory for Python and MLflow, and nothing else.
 TRIAL_DRIVER_RESOURCES: dict[str, float] = {"cpu": 0.0, "memory": float(64 * 2**20)}
@@ -62,6 +66,25 @@ def check_fits(spec: TrialSpec, cluster: Mapping[str, float], nodes: Iterable[Ma
                     f"{field}: one worker needs {amount:g} {name} but the largest Ray node has {largest:g}; "
                     f"lower the per-worker request and raise workers instead"
                 )
+
+
+def trains_in_trial(spec: TrialSpec) -> bool:
+    """A one-worker run trains in its Tune trial's own process (train.fit_in_trial); only
+    data-parallel runs need Ray Train's worker group."""
+    return spec.resources.workers == 1
+
+
+def trial_resources(config: dict[str, Any], base_trial: dict[str, Any]) -> Any:
+    """What Tune reserves for a trial (its sampled config may change the resources): the worker's
+    CPU and GPU for a trial that trains in its own process; for one that drives a worker group,
+    only the driver's memory (rule 1 above)."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    spec = TrialSpec.model_validate(apply_overrides(base_trial, config))
+    if not trains_in_trial(spec):
+        return resource_dict_to_pg_factory(TRIAL_DRIVER_RESOURCES)
+    res = spec.resources
+    return resource_dict_to_pg_factory({"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
 
 
 def concurrency_that_fits(spec: TrialSpec, cluster: Mapping[str, float], requested: int | None,

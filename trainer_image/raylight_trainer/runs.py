@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from raylight.api import TrainingJob
 from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED
 
-from .attributions import attribute_on_cluster
+from .attributions import PendingAttributions
 from .interrupt import finishing_up, in_background_thread, received_signal, signal_name
 from .resources import check_fits
 from .run_logs import keep_driver_log
@@ -209,12 +209,12 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
     if error is None:
         model = best_checkpoint_model(run_dir / "train", metric, mode)
         if model is not None:
+            pending = PendingAttributions(model, trial_part(spec), settings.data_dir, settings.tracking_uri, run_id) \
+                if spec.interpretability.enabled and received_signal() is None else None  # not when asked to stop
             model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
                                   spec.mlflow.registered_model_name, model_card(model, spec.data.dataset))
-            if spec.interpretability.enabled and received_signal() is None:  # not when asked to stop
-                artifact = attribute_on_cluster(model, trial_part(spec), settings.data_dir, settings.tracking_uri,
-                                                run_id)
-                attributions_uri = f"runs:/{run_id}/{artifact}" if artifact else None
+            artifact = pending.artifact() if pending is not None else None
+            attributions_uri = f"runs:/{run_id}/{artifact}" if artifact else None
         if best_value is not None:
             client.log_metric(run_id, f"best_{metric}", best_value)
     state = "failed" if error else "succeeded"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from raylight.api import BestTrial, Distribution, SweepProgress, TrialCounts, TrialSpec, TuneSweep, apply_overrides
 from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED, TAG_PARENT_RUN_ID
 
-from .attributions import attribute_on_cluster
+from . import timeline
+from .attributions import PendingAttributions
 from .interrupt import finishing_up, received_signal, signal_name, tune_stops_gracefully
-from .resources import TRIAL_DRIVER_RESOURCES, concurrency_that_fits, state_api_problem
+from .resources import concurrency_that_fits, state_api_problem, trains_in_trial, trial_resources
 from .run_logs import keep_driver_log
 from .runs import (
     RunSettings,
@@ -51,7 +54,7 @@ from .tracking import (
     resource_tags,
     wandb_settings,
 )
-from .train import build_trainer, input_shape, model_card
+from .train import build_trainer, fit_in_trial, input_shape, load_checkpoint_model, model_card, worker_config
 
 
 def to_tune(dist: Distribution) -> Any:
@@ -88,6 +91,9 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     from raylight.api import ObjectiveSpec
 
     trial_id = tune.get_context().get_trial_id()
+    timeline.for_trial(trial_id)
+    timeline.mark_process_start("actor_process")
+    timeline.mark("trial_start")
     spec = TrialSpec.model_validate(apply_overrides(context.base_trial, config))
     client = MlflowClient(context.tracking_uri)
     run_id, created = find_or_create_run(
@@ -99,16 +105,18 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     if created:
         log_params(client, run_id, {**flatten(resolved), **{f"sampled.{k}": v for k, v in config.items()}})
         log_yaml(client, run_id, {"spec": spec.wire(), "sampled": config}, "trial-spec.yaml")
+    timeline.mark("run_opened")
+    objective = ObjectiveSpec.model_validate(context.objective)
+    wandb = with_run(context.wandb, run_id, f"{context.sweep_name}-{trial_id}", {**flatten(resolved), **config})
+    timeline.mark("fit_called")
+    if trains_in_trial(spec):
+        fit_in_trial(worker_config(spec, objective, tracking_uri=context.tracking_uri, run_id=run_id,
+                                   data_dir=context.data_dir, wandb=wandb, extra={"trial": trial_id}))
+        return
     trainer = build_trainer(
-        spec,
-        ObjectiveSpec.model_validate(context.objective),
-        name=f"trial-{trial_id}",
-        storage_path=Path(context.storage_path),
-        tracking_uri=context.tracking_uri,
-        run_id=run_id,
-        data_dir=context.data_dir,
-        callbacks=[TuneReportCallback()],
-        wandb=with_run(context.wandb, run_id, f"{context.sweep_name}-{trial_id}", {**flatten(resolved), **config}),
+        spec, objective, name=f"trial-{trial_id}", storage_path=Path(context.storage_path),
+        tracking_uri=context.tracking_uri, run_id=run_id, data_dir=context.data_dir,
+        callbacks=[TuneReportCallback()], wandb=wandb, extra={"trial": trial_id},
     )
     trainer.fit()
 
@@ -153,6 +161,7 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or resume) a sweep on the connected Ray cluster and report it to MLflow."""
     started = time.monotonic()
+    timeline.mark("sweep_start", trial="-")
     spec, name, namespace = sweep.spec, sweep.metadata.name, sweep.metadata.namespace
     problem = state_api_problem()
     if problem:
@@ -206,11 +215,12 @@ def run_sweep(
         data_dir=settings.data_dir,
         wandb=wandb_settings(spec, experiment_dir / "wandb", group=name),
     )
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
+                                    functools.partial(trial_resources, base_trial=spec.trial.wire()))
     metric, mode = spec.objective.metric, spec.objective.mode
     reporter = ProgressReporter(settings.tracking_uri, experiment_id, parent_run_id, spec.num_samples, spec.max_t(),
                                 metric, mode)
-    callbacks = [*(callbacks or []), reporter]
+    callbacks = [*(callbacks or []), reporter, *([timeline.TrialEvents()] if timeline.enabled() else [])]
     if resumable:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
@@ -230,10 +240,19 @@ def run_sweep(
                 # when it is given a generator instance.
                 search_alg=tune.search.BasicVariantGenerator(random_state=spec.search_seed,
                                                              max_concurrent=concurrency),
+                # A trial that trains in its own process hands that process, torch and the data
+                # already loaded, to the next trial: seconds of imports saved per trial.
+                reuse_actors=trains_in_trial(spec.trial),
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(experiment_dir.parent), callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=0),
+                # Trials that train in their own process are Tune's to checkpoint and retry; the
+                # others' worker groups are Ray Train's (their TorchTrainer has the same settings).
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=spec.trial.fault_tolerance.checkpoints_to_keep,
+                    checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+                failure_config=tune.FailureConfig(
+                    max_failures=spec.trial.fault_tolerance.max_failures if trains_in_trial(spec.trial) else 0),
             ),
         )
     if resumable:
@@ -242,8 +261,13 @@ def run_sweep(
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             local._run_config.callbacks = callbacks
+    # Tune saves its state whenever a trial has checkpointed checkpointsToKeep times since the last
+    # save (the state must not name a deleted checkpoint): every epoch or two here, as it should,
+    # with a warning each time that would fill the log.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     with tune_stops_gracefully():
         tuner.fit()
+    timeline.mark("tune_end", trial="-")
     interrupted = received_signal()  # during the trials: the sweep is not over
     with finishing_up():
         return _finish_sweep(sweep, settings, client, experiment_id, parent_run_id, resumable, concurrency,
@@ -263,7 +287,9 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
                          experiment_id=experiment_id, experiment_name=experiment_name,
                          parent_run_id=parent_run_id, resumed=resumed, max_concurrent_trials=concurrency)
     result.trials = _outcomes(experiment_dir, spec.max_t(), metric, mode)
+    timeline.mark("outcomes_read", trial="-")
     _finish_child_runs(client, experiment_id, parent_run_id, result.trials, spec.max_t(), metric, mode)
+    timeline.mark("child_runs_ended", trial="-")
     result.interrupted = interrupted
     if interrupted is not None:
         # Stopped by SIGINT/SIGTERM: Tune kept the state to resume from; the sweep is not over,
@@ -282,12 +308,19 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
         if best.run_id:
             client.set_tag(parent_run_id, "raylight.best_run_id", best.run_id)
         log_params(client, parent_run_id, {f"best.{k}": v for k, v in best.config.items()})
-        model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{best.trial_id}", metric, mode)
+        model = _trial_model(experiment_dir, best.trial_id, metric, mode)
+        timeline.mark("best_model_loaded", trial="-")
         if model is not None:
+            pending = _start_attributions(result, model, spec, experiment_dir, settings, metric, mode)
             result.model_uri = log_model(settings.tracking_uri, parent_run_id, model, input_shape(model),
                                          spec.mlflow.registered_model_name,
                                          model_card(model, spec.trial.data.dataset))
-            _attribute_trials(result, model, spec, experiment_dir, settings, metric, mode)
+            timeline.mark("model_logged", trial="-")
+            for trial, attributions in pending:
+                artifact = attributions.artifact()
+                if artifact and trial is result.best:
+                    result.attributions_uri = f"runs:/{trial.run_id}/{artifact}"
+    timeline.mark("best_model_logged", trial="-")
     counts = result.counts()
     for key, value in counts.items():
         client.log_metric(parent_run_id, f"trials_{key}", value)
@@ -298,29 +331,45 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
         client.set_tag(parent_run_id, TAG_ERROR, first_error)
     set_final(client, parent_run_id, "FAILED" if failed_all else "FINISHED")
     save_state(experiment_dir, finished=True)
+    timeline.mark("sweep_end", trial="-")
     result.wall_seconds = time.monotonic() - started
     return result
 
 
-def _attribute_trials(result: SweepResult, best_model: Any, spec: Any, experiment_dir: Path,
-                      settings: RunSettings, metric: str, mode: str) -> None:
-    """Integrated-gradients pictures: the best trial's, and every finished trial's if asked."""
+def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experiment_dir: Path,
+                        settings: RunSettings, metric: str, mode: str) -> list[tuple[TrialOutcome, Any]]:
+    """Integrated-gradients pictures, started: the best trial's, and every finished trial's if asked."""
     wanted = spec.trial.interpretability
     if not wanted.enabled or result.best is None or received_signal() is not None:
-        return  # (pictures take a while: not when asked to stop)
+        return []  # (pictures take a while: not when asked to stop)
     chosen = [result.best]
     if wanted.all_trials:
         chosen += [t for t in result.trials
                    if t is not result.best and t.state in ("succeeded", "stopped_early")]
+    pending = []
     for trial in chosen:
-        model = best_model if trial is result.best else \
-            best_checkpoint_model(experiment_dir / "trials" / f"trial-{trial.trial_id}", metric, mode)
+        model = best_model if trial is result.best else _trial_model(experiment_dir, trial.trial_id, metric, mode)
         if model is None or not trial.run_id:
             continue
         trial_spec = TrialSpec.model_validate(apply_overrides(spec.trial.wire(), trial.config))
-        artifact = attribute_on_cluster(model, trial_spec, settings.data_dir, settings.tracking_uri, trial.run_id)
-        if artifact and trial is result.best:
-            result.attributions_uri = f"runs:/{trial.run_id}/{artifact}"
+        pending.append((trial, PendingAttributions(model, trial_spec, settings.data_dir, settings.tracking_uri,
+                                                   trial.run_id)))
+    return pending
+
+
+def _trial_model(experiment_dir: Path, trial_id: str, metric: str, mode: str) -> Any:
+    """The model at a trial's best checkpoint: kept by Ray Train for a trial that drove a worker
+    group, by Tune for one that trained in its own process (None if it kept none)."""
+    model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{trial_id}", metric, mode)
+    if model is not None:
+        return model
+    analysis = tune.ExperimentAnalysis(str(experiment_dir), default_metric=metric, default_mode=mode)
+    trial = next((t for t in analysis.trials if t.trial_id == trial_id), None)
+    checkpoint = analysis.get_best_checkpoint(trial, metric, mode) if trial is not None else None
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint_model(directory)
 
 
 def _outcomes(experiment_dir: Path, max_t: int, metric: str, mode: str) -> list[TrialOutcome]:

@@ -149,9 +149,10 @@ class MlflowEpochLogger(pl.Callback):
         self.logged_through = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_rank == 0 and trainer.current_epoch > 0:
-            # Resumed from a checkpoint: epochs after it that the interrupted attempt had already
-            # logged are trained again but not logged twice (a metric history without repeats).
+        if trainer.global_rank == 0:
+            # A later attempt (resumed from a checkpoint, or started over when it was cut before
+            # its first checkpoint was recorded): epochs the earlier attempt had already logged are
+            # trained again but not logged twice (a metric history without repeats).
             self.logged_through = int(max((m.step for m in self.client.get_metric_history(self.run_id, "epoch")),
                                           default=0))
 
@@ -280,6 +281,9 @@ def log_model(
             metadata=metadata,
             # Given, not inferred: inference imports and scans every module (slow, and noisy).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            # MLflow would load the model back and run the example through it: seconds at the
+            # end of every sweep, for what the tests check once (the logged model predicts).
+            validate_serving_input=False,
         )
     version = getattr(info, "registered_model_version", None)
     uri = f"models:/{registered_model_name}/{version}" if registered_model_name and version else str(info.model_uri)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from raylight.api import ObjectiveSpec, TrialSpec
 from raylight.api.tags import worker_log
 
+from . import timeline
 from .data import load_data
 from .model import ModelConfig, config_from_spec
 from .module import ImageClassifier
@@ -99,92 +101,173 @@ class EpochLine(pl.Callback):
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; its output is kept on the run's MLflow run (`logs/`)."""
     worker = WorkerConfig(**config)
+    timeline.for_trial(worker.extra.get("trial"))
+    timeline.mark_process_start("worker_process")
+    timeline.mark("worker_start")
+    context = ray.train.get_context()
+    path = TrainingPath(world_size=context.get_world_size(), rank=context.get_world_rank(),
+                        checkpoint=ray.train.get_checkpoint(), in_trial=False)
     if not (worker.tracking_uri and worker.run_id):
-        fit_worker(worker)
+        fit_worker(worker, path)
         return
-    with kept_output(worker_log(ray.train.get_context().get_world_rank()), worker.tracking_uri,
-                     worker.run_id) as keeper:
-        fit_worker(worker, keeper)
+    with kept_output(worker_log(path.rank), worker.tracking_uri, worker.run_id) as keeper:
+        fit_worker(worker, path, keeper)
 
 
-def fit_worker(worker: WorkerConfig, keeper: LogKeeper | None = None) -> None:
+def fit_in_trial(worker: WorkerConfig) -> None:
+    """A one-worker trial trains in its Tune trial's own process. Ray Train would add a
+    controller, a placement group, a worker process and a process group: tens of seconds of
+    start-up per trial for nothing a single process needs. Tune keeps its checkpoints (top k),
+    resumes it from the last one and retries it after a failure (spec.faultTolerance)."""
+    from ray import tune
+
+    path = TrainingPath(world_size=1, rank=0, checkpoint=tune.get_checkpoint(), in_trial=True)
+    timeline.mark("worker_start")
+    assert worker.tracking_uri and worker.run_id
+    with kept_output(worker_log(0), worker.tracking_uri, worker.run_id) as keeper:
+        fit_worker(worker, path, keeper)
+
+
+@dataclass
+class TrainingPath:
+    """Where one worker trains: in a Ray Train worker group (DDP), or in a Tune trial's process."""
+
+    world_size: int
+    rank: int
+    checkpoint: Any  # ray's Checkpoint to resume from, or None
+    in_trial: bool
+
+
+class TuneReportCheckpoint(pl.Callback):
+    """Each epoch's metrics and checkpoint to Tune, for a trial that trains in its own process:
+    the same metrics and checkpoint file that RayTrainReportCallback gives Ray Train."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from ray import tune
+
+        if trainer.sanity_checking:
+            return
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        metrics.update(epoch=trainer.current_epoch, step=trainer.global_step)
+        with tempfile.TemporaryDirectory(prefix="raylight-checkpoint-") as directory:
+            trainer.save_checkpoint(os.path.join(directory, CHECKPOINT_FILE), weights_only=False)
+            # Tune copies the checkpoint into the trial's storage before report returns.
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def fit_worker(worker: WorkerConfig, path: TrainingPath, keeper: LogKeeper | None = None) -> None:
     """One worker's part: data, model, Lightning trainer, fit (resuming if asked)."""
     spec = TrialSpec.model_validate(worker.spec)
-    context = ray.train.get_context()
-    world_size, rank = context.get_world_size(), context.get_world_rank()
     use_gpu = spec.resources.gpus_per_worker > 0
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     pl.seed_everything(spec.training.seed, workers=True, verbose=False)
 
     image_size = int(spec.model.resolved()["image_size"])
     data = load_data(spec.data, image_size, worker.data_dir)
+    timeline.mark("data_loaded")
     model_cfg: ModelConfig = config_from_spec(spec.model, data.num_classes, data.in_chans)
-    per_worker_batch = max(1, spec.training.batch_size // world_size)
-    loader_args: dict[str, Any] = {
-        "batch_size": per_worker_batch,
-        "num_workers": spec.data.loader_workers,
-        "persistent_workers": spec.data.loader_workers > 0,
-        "pin_memory": use_gpu,
-    }
-    drop_last = len(data.train) > per_worker_batch * world_size  # type: ignore[arg-type]
-    # Samplers are ours, not Lightning's (use_distributed_sampler=False): shuffled shards for
-    # training, unpadded ones for validation.
-    train_sampler: DistributedSampler = DistributedSampler(
-        data.train, num_replicas=world_size, rank=rank, shuffle=True, seed=spec.training.seed)
-    train_loader = DataLoader(data.train, sampler=train_sampler, drop_last=drop_last, **loader_args)
-    val_sampler = ShardSampler(len(data.val), rank, world_size)  # type: ignore[arg-type]
-    val_loader = DataLoader(data.val, sampler=val_sampler, **loader_args)
+    train_loader, val_loader = build_loaders(spec, data, path)
     module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump(),
                              architecture=spec.model.architecture, class_names=list(data.class_names))
 
-    say(f"worker {rank + 1}/{world_size} on {socket.gethostname()}: {spec.data.dataset}, "
+    say(f"worker {path.rank + 1}/{path.world_size} on {socket.gethostname()}: {spec.data.dataset}, "
         f"{len(data.train)} training and {len(data.val)} validation images, "  # type: ignore[arg-type]
         f"{spec.model.preset or spec.model.architecture} with {sum(p.numel() for p in module.parameters()):,} "
         "parameters")
-    callbacks = [*build_callbacks(spec, ObjectiveSpec.model_validate(worker.objective)),
-                 EpochLine(spec.training.max_epochs, keeper)]
-    logger_cb: MlflowEpochLogger | None = None
-    if rank == 0 and worker.tracking_uri and worker.run_id:
-        logger_cb = MlflowEpochLogger(worker.tracking_uri, worker.run_id, REPORTED_METRICS,
-                                      lr_interval=spec.callbacks.lr_monitor.interval)
-        callbacks.append(logger_cb)  # before the report: an epoch is logged even if the trial is stopped there
-    if rank == 0 and worker.wandb:
-        callbacks.append(WandbEpochLogger(**worker.wandb, metric_names=REPORTED_METRICS))
-    callbacks.append(RayTrainReportCallback())
+    callbacks, logger_cb = worker_callbacks(worker, spec, path, keeper)
+    distributed: dict[str, Any] = {"devices": 1} if path.in_trial else {
+        "devices": "auto", "strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()]}
     trainer = pl.Trainer(
         max_epochs=spec.training.max_epochs,
         accelerator="gpu" if use_gpu else "cpu",
-        devices="auto",
-        strategy=RayDDPStrategy(),
-        plugins=[RayLightningEnvironment()],
+        **distributed,
         precision=resolve_precision(spec.training.precision, use_gpu),  # type: ignore[arg-type]
         gradient_clip_val=spec.training.grad_clip,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,  # Ray Train keeps the checkpoints (RayTrainReportCallback)
+        enable_checkpointing=False,  # Ray keeps the checkpoints (the report callback)
         logger=False,
         use_distributed_sampler=False,
         # BatchNorm statistics over the global batch; torch synchronises them on GPUs only.
-        sync_batchnorm=use_gpu and world_size > 1,
+        sync_batchnorm=use_gpu and path.world_size > 1,
         num_sanity_val_steps=0,
         deterministic=False,
     )
-    trainer = prepare_trainer(trainer)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if not path.in_trial:
+        trainer = prepare_trainer(trainer)
+    if path.checkpoint is None:
         trainer.fit(module, train_loader, val_loader)
     else:
         # Resumed after a worker failure or an interrupted sweep: continue from the last epoch.
-        with checkpoint.as_directory() as directory:
+        with path.checkpoint.as_directory() as directory:
             trainer.fit(module, train_loader, val_loader, ckpt_path=os.path.join(directory, CHECKPOINT_FILE))
     if logger_cb is not None:
         logger_cb.flush()
 
 
+def build_loaders(spec: TrialSpec, data: Any, path: TrainingPath) -> tuple[DataLoader, DataLoader]:
+    """This worker's shards. The samplers are ours, not Lightning's (use_distributed_sampler=False):
+    shuffled shards for training, unpadded ones for validation."""
+    per_worker_batch = max(1, spec.training.batch_size // path.world_size)
+    loader_args: dict[str, Any] = {
+        "batch_size": per_worker_batch,
+        "num_workers": spec.data.loader_workers,
+        "persistent_workers": spec.data.loader_workers > 0,
+        "pin_memory": spec.resources.gpus_per_worker > 0,
+    }
+    drop_last = len(data.train) > per_worker_batch * path.world_size
+    train_sampler: DistributedSampler = DistributedSampler(
+        data.train, num_replicas=path.world_size, rank=path.rank, shuffle=True, seed=spec.training.seed)
+    train_loader = DataLoader(data.train, sampler=train_sampler, drop_last=drop_last, **loader_args)
+    val_sampler = ShardSampler(len(data.val), path.rank, path.world_size)
+    return train_loader, DataLoader(data.val, sampler=val_sampler, **loader_args)
+
+
+def worker_callbacks(worker: WorkerConfig, spec: TrialSpec, path: TrainingPath,
+                     keeper: LogKeeper | None) -> tuple[list[pl.Callback], MlflowEpochLogger | None]:
+    """The spec's callbacks, the epoch line, MLflow and W&B logging (rank 0), then the report to Ray."""
+    callbacks = [*build_callbacks(spec, ObjectiveSpec.model_validate(worker.objective)),
+                 EpochLine(spec.training.max_epochs, keeper)]
+    logger_cb: MlflowEpochLogger | None = None
+    if path.rank == 0 and worker.tracking_uri and worker.run_id:
+        logger_cb = MlflowEpochLogger(worker.tracking_uri, worker.run_id, REPORTED_METRICS,
+                                      lr_interval=spec.callbacks.lr_monitor.interval)
+        callbacks.append(logger_cb)  # before the report: an epoch is logged even if the trial is stopped there
+        if timeline.enabled():
+            callbacks.append(timeline.EpochMarks("logged"))
+    if path.rank == 0 and worker.wandb:
+        callbacks.append(WandbEpochLogger(**worker.wandb, metric_names=REPORTED_METRICS))
+    callbacks.append(TuneReportCheckpoint() if path.in_trial else RayTrainReportCallback())
+    if timeline.enabled() and path.rank == 0:
+        callbacks = [timeline.EpochMarks(), *callbacks, timeline.EpochMarks("reported")]
+    return callbacks, logger_cb
+
+
 def trial_part(spec: TrialSpec) -> TrialSpec:
     """A TrainingJobSpec carries objective, trackers and cluster too: workers get the trial part only."""
     return TrialSpec.model_validate(spec.model_dump(include=set(TrialSpec.model_fields)))
+
+
+def worker_config(
+    spec: TrialSpec,
+    objective: ObjectiveSpec,
+    *,
+    tracking_uri: str | None,
+    run_id: str | None,
+    data_dir: str | None,
+    wandb: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> WorkerConfig:
+    return WorkerConfig(
+        spec=trial_part(spec).model_dump(mode="json"),
+        objective=objective.model_dump(),
+        data_dir=data_dir,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        wandb=wandb,
+        extra=extra or {},
+    )
 
 
 def build_trainer(
@@ -198,17 +281,11 @@ def build_trainer(
     data_dir: str | None,
     callbacks: list[Any] | None = None,
     wandb: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one run; its storage (checkpoints) lives at storage_path/name."""
-    trial = trial_part(spec)
-    worker = WorkerConfig(
-        spec=trial.model_dump(mode="json"),
-        objective=objective.model_dump(),
-        data_dir=data_dir,
-        tracking_uri=tracking_uri,
-        run_id=run_id,
-        wandb=wandb,
-    )
+    worker = worker_config(spec, objective, tracking_uri=tracking_uri, run_id=run_id, data_dir=data_dir,
+                           wandb=wandb, extra=extra)
     resources = spec.resources
     per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:

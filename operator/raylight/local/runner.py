@@ -92,7 +92,11 @@ def settings_for(options: LocalOptions, spec_uri: str | None) -> Any:
 
 def run_resource(resource: TrainingJob | TuneSweep, options: LocalOptions, console: Console) -> dict[str, Any]:
     """Run one resource to the end; return the machine-readable summary."""
+    from raylight_trainer import timeline
+
+    timeline.mark("ray_init", trial="-")
     start_ray(options.num_cpus, options.verbose)
+    timeline.mark("ray_ready", trial="-")
     settings = settings_for(options, resource.spec.mlflow.tracking_uri)
     if isinstance(resource, TuneSweep):
         return _run_sweep(resource, settings, options, console)

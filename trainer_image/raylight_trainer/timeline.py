@@ -1,0 +1,100 @@
+"""Timestamps of a trial's stages, for `bench/trial_overhead.py` (off unless RAYLIGHT_TIMELINE is set).
+
+Every process of a run (the sweep driver, trial actors, Ray Train workers) appends one JSON line
+per mark to the file that variable names; Ray's local workers inherit the driver's environment.
+Appends of a short line are atomic, so the processes need no lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from ray import tune
+
+TIMELINE_ENV = "RAYLIGHT_TIMELINE"
+_trial: dict[str, str | None] = {"id": None}
+
+
+def enabled() -> bool:
+    return bool(os.environ.get(TIMELINE_ENV))
+
+
+def for_trial(trial_id: str | None) -> None:
+    """Name the trial whose stages this process marks from now on."""
+    _trial["id"] = trial_id
+
+
+def mark(event: str, at: float | None = None, trial: str | None = None, **extra: Any) -> None:
+    path = os.environ.get(TIMELINE_ENV)
+    if not path:
+        return
+    line = {"t": time.time() if at is None else at, "event": event, "trial": trial or _trial["id"],
+            "pid": os.getpid(), **extra}
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+def mark_process_start(event: str) -> None:
+    """When this process was created (a trial actor, a training worker): what came before its
+    first mark was process start-up and imports."""
+    if not enabled():
+        return
+    try:  # Linux: the start time in clock ticks after boot (field 22 of /proc/self/stat)
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as system:
+            boot = next(int(line.split()[1]) for line in system if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return
+    mark(event, at=boot + ticks / os.sysconf("SC_CLK_TCK"))
+
+
+
+class EpochMarks(pl.Callback):
+    """Marks an epoch's stages. Placed first it marks training and validation; placed last
+    (`at_epoch_end`) the moment every other callback (logging, reporting) is done."""
+
+    def __init__(self, at_epoch_end: str | None = None) -> None:
+        self.at_epoch_end = at_epoch_end
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.at_epoch_end:
+            mark("fit_start")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if batch_idx == 0 and not self.at_epoch_end:
+            mark("epoch_start", epoch=trainer.current_epoch + 1)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.at_epoch_end:
+            mark("val_start", epoch=trainer.current_epoch + 1)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.at_epoch_end:
+            mark("val_end", epoch=trainer.current_epoch + 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_epoch_end:
+            mark(self.at_epoch_end, epoch=trainer.current_epoch + 1)
+
+
+class TrialEvents(tune.Callback):
+    """The sweep driver's view: when Tune began, and when it started and ended each trial."""
+
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
+        mark("tune_start", trial="-")
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        mark("started", trial=trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        mark("ended", trial=trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        mark("ended", trial=trial.trial_id, error=True)
