@@ -334,7 +334,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     order = [name for name, _, _ in SEGMENTS] + [f"later epoch: {n}" for n, _, _ in LATER] + \
         ["later epoch: between epochs", "trial end (slot still held)"]
     colors = plt.get_cmap("tab20").colors
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.9 * len(labels)))
+    fig, ax = plt.subplots(figsize=(10, 2.8 + 0.6 * len(labels)))
     for row, label in enumerate(labels):
         median = report["runs"][label]["timeline"]["median_segments_s"]
         left = 0.0
@@ -348,7 +348,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("seconds (median trial: start-up, first epoch, one later epoch, end)")
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.55))
     ax.set_title("Where a quickstart trial's time goes (2 CPUs, 2 trials at a time)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
