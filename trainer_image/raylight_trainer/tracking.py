@@ -237,7 +237,9 @@ class WandbEpochLogger(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.run is not None:
-            self.run.finish(exit_code=1)
+            # Tune ends a trial that it stops (ASHA) with SystemExit(0) raised in its report: not a failure.
+            stopped = isinstance(exception, SystemExit) and not exception.code
+            self.run.finish(exit_code=0 if stopped else 1)
             self.run = None
 
 
