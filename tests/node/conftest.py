@@ -115,8 +115,13 @@ def raylight(node: Node) -> Iterator[Release]:
 
 @pytest.fixture
 def namespace(node: Node) -> Iterator[str]:
+    """A namespace for one test; after it, its pods are waited for until gone: they hold the node's
+    CPU while they stop (up to their grace period), and the next test's pods must be scheduled
+    on what the node has, or its scheduling messages name the wrong shortage."""
     with node.cluster.scratch_namespace() as name:
         yield name
+    wait_for(lambda: not node.cluster.list("pods", name), timeout=300, interval=2,
+             what=f"the pods of namespace {name} to be gone")
 
 
 def mlflow_get(release: Release, path: str, params: dict[str, Any] | None = None,
