@@ -115,12 +115,6 @@ class TensorTransform:
         return x.contiguous()
 
 
-def _tensor_transforms(
-    size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool, flip: bool, shift_divisor: int = 8
-) -> TensorTransform:
-    return TensorTransform(size, mean, std, train, flip, shift_divisor)
-
-
 def load_digits(spec: DataSpec, image_size: int) -> ImageData:
     """scikit-learn's 8x8 digits (1797 images, bundled with the package), upscaled to imageSize."""
     from sklearn.datasets import load_digits as sk_digits
@@ -132,10 +126,10 @@ def load_digits(spec: DataSpec, image_size: int) -> ImageData:
     mean, std = NORMALIZATION["digits"]
     # No flips (a mirrored digit is another symbol) and shifts of at most half a source pixel:
     # at 8x8 a whole pixel is an eighth of the glyph and costs more accuracy than it buys.
-    train_tf = _tensor_transforms(image_size, mean, std, True, False, shift_divisor=16)
+    train_tf = TensorTransform(image_size, mean, std, True, False, shift_divisor=16)
     return ImageData(
         train=TensorImages(images[train_idx], labels[train_idx], train_tf),
-        val=TensorImages(images[val_idx], labels[val_idx], _tensor_transforms(image_size, mean, std, False, False)),
+        val=TensorImages(images[val_idx], labels[val_idx], TensorTransform(image_size, mean, std, False, False)),
         num_classes=10,
         in_chans=1,
         class_names=[str(d) for d in range(10)],
@@ -204,8 +198,8 @@ def load_cifar(spec: DataSpec, image_size: int, data_dir: Path | None) -> ImageD
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             raise DatasetError(f"malformed {variant} {split} labels in {base}: outside 0..{num_classes - 1}")
     return ImageData(
-        train=TensorImages(train_x, train_y, _tensor_transforms(image_size, CIFAR_MEAN, CIFAR_STD, True, True)),
-        val=TensorImages(val_x, val_y, _tensor_transforms(image_size, CIFAR_MEAN, CIFAR_STD, False, True)),
+        train=TensorImages(train_x, train_y, TensorTransform(image_size, CIFAR_MEAN, CIFAR_STD, True, True)),
+        val=TensorImages(val_x, val_y, TensorTransform(image_size, CIFAR_MEAN, CIFAR_STD, False, True)),
         num_classes=num_classes,
         in_chans=3,
         class_names=names,
@@ -262,7 +256,7 @@ def load_synthetic(spec: DataSpec, image_size: int) -> ImageData:
     images = (0.6 * palette[labels] + 0.4 * noise).mul(255).to(torch.uint8)
     train_idx, val_idx = _split(len(labels), spec.validation_fraction)
     mean, std = NORMALIZATION["synthetic"]
-    tf = _tensor_transforms(image_size, mean, std, False, False)
+    tf = TensorTransform(image_size, mean, std, False, False)
     return ImageData(
         train=TensorImages(images[train_idx], labels[train_idx], tf),
         val=TensorImages(images[val_idx], labels[val_idx], tf),

@@ -286,7 +286,9 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
     result = SweepResult(name=name, namespace=namespace, tracking_uri=settings.tracking_uri,
                          experiment_id=experiment_id, experiment_name=experiment_name,
                          parent_run_id=parent_run_id, resumed=resumed, max_concurrent_trials=concurrency)
-    result.trials = _outcomes(experiment_dir, spec.max_t(), metric, mode)
+    # Read once: the outcomes and, for trials that trained in their own process, the best checkpoints.
+    analysis = tune.ExperimentAnalysis(str(experiment_dir), default_metric=metric, default_mode=mode)
+    result.trials = _outcomes(analysis, spec.max_t(), metric, mode)
     timeline.mark("outcomes_read", trial="-")
     _finish_child_runs(client, experiment_id, parent_run_id, result.trials, spec.max_t(), metric, mode)
     timeline.mark("child_runs_ended", trial="-")
@@ -308,10 +310,10 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
         if best.run_id:
             client.set_tag(parent_run_id, "raylight.best_run_id", best.run_id)
         log_params(client, parent_run_id, {f"best.{k}": v for k, v in best.config.items()})
-        model = _trial_model(experiment_dir, best.trial_id, metric, mode)
+        model = _trial_model(experiment_dir, analysis, best.trial_id, metric, mode)
         timeline.mark("best_model_loaded", trial="-")
         if model is not None:
-            pending = _start_attributions(result, model, spec, experiment_dir, settings, metric, mode)
+            pending = _start_attributions(result, model, spec, experiment_dir, analysis, settings, metric, mode)
             result.model_uri = log_model(settings.tracking_uri, parent_run_id, model, input_shape(model),
                                          spec.mlflow.registered_model_name,
                                          model_card(model, spec.trial.data.dataset))
@@ -336,7 +338,7 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
     return result
 
 
-def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experiment_dir: Path,
+def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experiment_dir: Path, analysis: Any,
                         settings: RunSettings, metric: str, mode: str) -> list[tuple[TrialOutcome, Any]]:
     """Integrated-gradients pictures, started: the best trial's, and every finished trial's if asked."""
     wanted = spec.trial.interpretability
@@ -348,7 +350,8 @@ def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experim
                    if t is not result.best and t.state in ("succeeded", "stopped_early")]
     pending = []
     for trial in chosen:
-        model = best_model if trial is result.best else _trial_model(experiment_dir, trial.trial_id, metric, mode)
+        model = best_model if trial is result.best else \
+            _trial_model(experiment_dir, analysis, trial.trial_id, metric, mode)
         if model is None or not trial.run_id:
             continue
         trial_spec = TrialSpec.model_validate(apply_overrides(spec.trial.wire(), trial.config))
@@ -357,13 +360,12 @@ def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experim
     return pending
 
 
-def _trial_model(experiment_dir: Path, trial_id: str, metric: str, mode: str) -> Any:
+def _trial_model(experiment_dir: Path, analysis: Any, trial_id: str, metric: str, mode: str) -> Any:
     """The model at a trial's best checkpoint: kept by Ray Train for a trial that drove a worker
     group, by Tune for one that trained in its own process (None if it kept none)."""
     model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{trial_id}", metric, mode)
     if model is not None:
         return model
-    analysis = tune.ExperimentAnalysis(str(experiment_dir), default_metric=metric, default_mode=mode)
     trial = next((t for t in analysis.trials if t.trial_id == trial_id), None)
     checkpoint = analysis.get_best_checkpoint(trial, metric, mode) if trial is not None else None
     if checkpoint is None:
@@ -372,8 +374,7 @@ def _trial_model(experiment_dir: Path, trial_id: str, metric: str, mode: str) ->
         return load_checkpoint_model(directory)
 
 
-def _outcomes(experiment_dir: Path, max_t: int, metric: str, mode: str) -> list[TrialOutcome]:
-    analysis = tune.ExperimentAnalysis(str(experiment_dir), default_metric=metric, default_mode=mode)
+def _outcomes(analysis: Any, max_t: int, metric: str, mode: str) -> list[TrialOutcome]:
     outcomes = []
     for trial in analysis.trials:
         last = trial.last_result or {}
