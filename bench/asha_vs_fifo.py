@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from raylight.api import TuneSweep, load_manifests
-from raylight.local.runner import start_ray
+from raylight_trainer.driver import start_ray
 from raylight_trainer.runs import RunSettings
 from raylight_trainer.sweep import run_sweep
 from raylight_trainer.tracking import local_store_uri

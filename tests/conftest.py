@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from raylight.local.runner import free_port
+from raylight_trainer.driver import free_port
 
 
 class MlflowServer:
@@ -78,7 +78,7 @@ def ray_local() -> Iterator[None]:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
-    from raylight.local.runner import start_ray
+    from raylight_trainer.driver import start_ray
 
     start_ray(num_cpus=2, verbose=False)
     yield

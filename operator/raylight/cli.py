@@ -4,27 +4,17 @@ run the operator."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import signal
 import sys
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from raylight.api import ManifestError, SpecError, read_manifests
-from raylight.api.manifest import no_resource_error
+from raylight.api import ManifestError, read_manifests
 
-# Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
-# trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own).
-EXIT_OK, EXIT_FAILED = 0, 1
-
-
-def _print_errors(console: Console, errors: list[SpecError]) -> None:
-    for error in errors:
-        console.print(f"[red]error[/red] {escape(str(error))}", soft_wrap=True)
+# The run command's driver lives with the trainer: a RayJob's entrypoint runs the same code in the
+# head pod. Its module imports nothing heavy, so `raylight validate` stays fast.
+from raylight_trainer.driver import EXIT_FAILED, EXIT_OK, add_run_arguments, print_errors, run_command
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -36,7 +26,7 @@ def _validate(args: argparse.Namespace) -> int:
             resources, notes = read_manifests(path)
         except ManifestError as exc:
             failed = True
-            _print_errors(err, exc.errors)
+            print_errors(err, exc.errors)
             continue
         for note in notes:
             out.print(f"[dim]skip[/dim] {escape(note)}")
@@ -46,73 +36,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Progress and logs go to stderr, so that `--output json` leaves stdout machine-readable.
-    console = Console(stderr=True, highlight=False)
-    try:
-        resources, notes = read_manifests(args.file)
-        if not resources:
-            raise no_resource_error(args.file, notes)
-    except ManifestError as exc:
-        _print_errors(console, exc.errors)
-        if args.output == "json":
-            print(json.dumps({"succeeded": False, "errors": [str(e) for e in exc.errors]}, indent=2))
-        return EXIT_FAILED
-    for note in notes:
-        console.print(f"[dim]skip[/dim] {escape(note)}", soft_wrap=True)
-    from raylight.local.runner import LocalOptions, print_summary, run_resource
-    from raylight_trainer.data import DatasetError
-    from raylight_trainer.interrupt import exit_code as interrupt_exit_code
-    from raylight_trainer.interrupt import handling_signals, received_signal, signal_name
-    from raylight_trainer.resources import ResourceError
-
-    options = LocalOptions(
-        tracking_uri=args.tracking_uri, data_dir=args.data_dir, storage_path=args.storage_path,
-        num_cpus=args.num_cpus, fresh=args.fresh, verbose=args.verbose,
-    )
-    summaries: list[dict[str, Any]] = []
-    with handling_signals():
-        for resource in resources:
-            # Inside a RayJob (RAY_ADDRESS set by KubeRay) the run joins that cluster: say so.
-            where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") \
-                else "a local Ray instance"
-            console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on {where}")
-            try:
-                # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
-                with contextlib.redirect_stdout(sys.stderr):
-                    summary = run_resource(resource, options, console)
-            except (ResourceError, DatasetError, RuntimeError) as exc:
-                console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}")
-                return 1
-            except KeyboardInterrupt:
-                signum = received_signal() or signal.SIGINT
-                console.print(f"[yellow]stopped at once[/yellow] by {signal_name(signum)}: run the same command to "
-                              "resume from the last saved state")
-                return interrupt_exit_code(signum)
-            summaries.append(summary)
-            if args.output == "text" or summary.get("interrupted"):
-                print_summary(summary, console)  # on stderr: with -o json too, for who pressed Ctrl-C
-            if summary.get("interrupted"):
-                break
-    if args.output == "json":
-        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
-    return run_exit_code(summaries, args.allow_failed_trials, console)
-
-
-def run_exit_code(summaries: list[dict[str, Any]], allow_failed_trials: bool, console: Console) -> int:
-    """`raylight run`'s verdict on its runs' summaries: 1 for a failed run, and for a sweep some of
-    whose trials failed unless that is allowed (the operator's driver allows it: the sweep's
-    status counts them)."""
-    stopped_by = next((s["interrupted"] for s in summaries if s.get("interrupted")), None)
-    if stopped_by:  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended
-        return 128 + int(signal.Signals[stopped_by])
-    if not all(s["succeeded"] for s in summaries):
-        return EXIT_FAILED
-    failed_trials = sum((s.get("trials") or {}).get("failed", 0) for s in summaries)
-    if failed_trials and not allow_failed_trials:
-        console.print(f"[red]{failed_trials} trial(s) failed[/red]: exit {EXIT_FAILED} "
-                      "(--allow-failed-trials accepts a sweep whose best trial is enough)")
-        return EXIT_FAILED
-    return EXIT_OK
+    return run_command(args)
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -167,17 +91,7 @@ def build_parser(prog: str = "raylight") -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a TrainingJob or TuneSweep manifest on a local Ray instance")
-    run.add_argument("file", help="manifest YAML (the same file kubectl apply takes)")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
-    run.add_argument("--data-dir", help="directory that relative data.path values are resolved against")
-    run.add_argument("--storage-path", help="checkpoints and sweep state (default: ./raylight_results)")
-    run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
-    run.add_argument("--output", "-o", choices=("text", "json"), default="text",
-                     help="json: a machine-readable summary on stdout")
-    run.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
-    run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
-    run.add_argument("--allow-failed-trials", action="store_true",
-                     help="exit 0 when a sweep succeeded even though some of its trials failed")
+    add_run_arguments(run)
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser("validate", help="check manifests offline; print every error with its field")

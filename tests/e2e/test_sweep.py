@@ -162,7 +162,8 @@ def test_a_failed_trial_does_not_fail_the_sweep_but_fails_the_command(
     import yaml
     from rich.console import Console
 
-    from raylight.cli import main, run_exit_code
+    from raylight.cli import main
+    from raylight_trainer.driver import run_exit_code
 
     write_imagefolder(workdir / "pets", classes=("cat", "dog"), per_class=8)
     doc = sweep_doc("with-failure", numSamples=4, searchSpace={"data.path": {"choice": ["pets", "missing"]}})

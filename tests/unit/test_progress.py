@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from raylight.api import BestTrial, TuneSweepStatus
-from raylight.local.progress import LiveTrials, TrialTable
+from raylight_trainer.progress import LiveTrials, TrialTable
 
 
 def test_trial_table_marks_trials_ended_before_max_t_as_stopped() -> None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from raylight.cli import main
-
+from .driver import main
 from .pod_stop import write_driver_pid
 from .run_logs import kept_driver_output
 
@@ -18,7 +17,7 @@ if __name__ == "__main__":
     pid_file = write_driver_pid()
     # The driver's output is the pod's log; kept in MLflow too, it outlives the pod.
     with kept_driver_output():
-        code = main(["run", *sys.argv[1:]])
+        code = main(sys.argv[1:])
     if pid_file is not None:
         pid_file.unlink(missing_ok=True)
     sys.exit(code)

@@ -1,1 +1,0 @@
-"""Run manifests on an embedded Ray instance (`raylight run`)."""

@@ -1,0 +1,310 @@
+"""The driver of a run: the same manifest on an embedded Ray with a local MLflow store (`raylight run`)
+or on a KubeRay cluster (the trainer image's entrypoint joins it). Both call `run_command`.
+
+Module-level imports stay light (no torch, ray or mlflow): the `raylight` CLI builds its parser from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from raylight.api import ManifestError, SpecError, TrainingJob, TuneSweep, read_manifests
+from raylight.api.manifest import no_resource_error
+
+from .summary import is_local_store
+
+# Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
+# trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own);
+# 128 + N: stopped by signal N, as a shell reports it.
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+@dataclass
+class RunOptions:
+    tracking_uri: str | None = None
+    data_dir: str | None = None
+    storage_path: str | None = None
+    num_cpus: int | None = None
+    fresh: bool = False
+    verbose: bool = False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_ray(num_cpus: int | None, verbose: bool) -> None:
+    import ray
+
+    from .interrupt import starting_ray
+
+    if ray.is_initialized():
+        return
+    with starting_ray():
+        _init_ray(num_cpus, verbose)
+
+
+def _init_ray(num_cpus: int | None, verbose: bool) -> None:
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        # Inside a Ray cluster (a KubeRay RayJob sets RAY_ADDRESS): join it, start nothing.
+        ray.init(log_to_driver=verbose)
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(
+        # "local": always an embedded instance, never a cluster that happens to run on this machine.
+        address="local",
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        # The dashboard serves the State API that Ray Train needs to free stopped trials' resources.
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        # A free port, not 8265: another Ray on this machine would leave this one without a dashboard.
+        dashboard_port=free_port(),
+        log_to_driver=verbose,
+        logging_level=logging.WARNING if not verbose else logging.INFO,
+    )
+
+
+def settings_for(options: RunOptions, spec_uri: str | None) -> Any:
+    from .runs import RunSettings
+    from .tracking import local_store_uri
+
+    workdir = Path.cwd()
+    uri = options.tracking_uri or spec_uri or local_store_uri(workdir)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Ray workers run in other directories: make the store path absolute.
+        uri = f"sqlite:///{(workdir / uri.removeprefix('sqlite:///')).resolve()}"
+    artifact_root = (workdir / "mlruns") if is_local_store(uri) else None
+    return RunSettings(
+        tracking_uri=uri,
+        storage_path=Path(options.storage_path or workdir / "raylight_results").resolve(),
+        data_dir=str(Path(options.data_dir).resolve()) if options.data_dir else None,
+        artifact_root=artifact_root,
+    )
+
+
+def run_resource(resource: TrainingJob | TuneSweep, options: RunOptions, console: Console) -> dict[str, Any]:
+    """Run one resource to the end; return the machine-readable summary."""
+    from . import timeline
+
+    timeline.mark("ray_init", trial="-")
+    start_ray(options.num_cpus, options.verbose)
+    timeline.mark("ray_ready", trial="-")
+    settings = settings_for(options, resource.spec.mlflow.tracking_uri)
+    if isinstance(resource, TuneSweep):
+        return _run_sweep(resource, settings, options, console)
+    return _run_job(resource, settings, options, console)
+
+
+def _run_sweep(sweep: TuneSweep, settings: Any, options: RunOptions, console: Console) -> dict[str, Any]:
+    from .interrupt import signal_name
+    from .progress import LiveTrials, TrialTable
+    from .sweep import run_sweep
+
+    table = TrialTable(sweep.spec.objective.metric, sweep.spec.max_t())
+    result = run_sweep(sweep, settings, callbacks=[LiveTrials(table, console)], fresh=options.fresh)
+    best = result.best
+    summary = {
+        "kind": "TuneSweep",
+        "name": result.name,
+        "namespace": result.namespace,
+        "objective": sweep.spec.objective.model_dump(),
+        "bestMetric": best.metric if best else None,
+        "bestTrialId": best.trial_id if best else None,
+        "bestConfig": best.config if best else None,
+        "trials": result.counts(),
+        "stoppedEarly": [t.trial_id for t in result.trials if t.state == "stopped_early"],
+        "failedTrials": {t.trial_id: t.error for t in result.trials if t.state == "failed"},
+        "epochsTrained": sum(t.epochs for t in result.trials),
+        "maxConcurrentTrials": result.max_concurrent_trials,
+        "numSamples": sweep.spec.num_samples,
+        "resumed": result.resumed,
+        "wallSeconds": round(result.wall_seconds, 1),
+        "mlflow": {
+            "trackingUri": result.tracking_uri,
+            "experimentName": result.experiment_name,
+            "experimentId": result.experiment_id,
+            "parentRunId": result.parent_run_id,
+            "bestRunId": best.run_id if best else None,
+            "modelUri": result.model_uri,
+            "attributionsUri": result.attributions_uri,
+        },
+    }
+    summary["interrupted"] = signal_name(result.interrupted) if result.interrupted else None
+    summary["succeeded"] = result.counts()["failed"] < result.counts()["total"] and not result.interrupted
+    return summary
+
+
+def _run_job(job: TrainingJob, settings: Any, options: RunOptions, console: Console) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    from .interrupt import signal_name
+    from .progress import EpochProgress
+    from .runs import run_training_job
+    from .tracking import TAG_KIND, TAG_NAME, TAG_NAMESPACE, find_run
+
+    metric = job.spec.objective.metric
+    progress = EpochProgress(console, settings.tracking_uri, job.spec.training.max_epochs, metric)
+
+    def current_run() -> str | None:
+        client = MlflowClient(settings.tracking_uri)
+        experiment = client.get_experiment_by_name(job.spec.mlflow.experiment or job.metadata.name)
+        if experiment is None:
+            return None
+        return find_run(client, experiment.experiment_id, {TAG_KIND: "TrainingJob", TAG_NAME: job.metadata.name,
+                                                           TAG_NAMESPACE: job.metadata.namespace})
+
+    progress.start(current_run)
+    try:
+        result = run_training_job(job, settings, fresh=options.fresh)
+    finally:
+        progress.stop()
+    return {
+        "kind": "TrainingJob",
+        "name": result.name,
+        "namespace": result.namespace,
+        "state": result.state,
+        "objective": job.spec.objective.model_dump(),
+        "bestMetric": result.metric,
+        "epochs": result.epochs,
+        "lastMetrics": result.metrics,
+        "error": result.error,
+        "wallSeconds": round(result.wall_seconds, 1),
+        "mlflow": {
+            "trackingUri": result.tracking_uri,
+            "experimentName": result.experiment_name,
+            "experimentId": result.experiment_id,
+            "runId": result.run_id,
+            "modelUri": result.model_uri,
+            "attributionsUri": result.attributions_uri,
+        },
+        "interrupted": signal_name(result.interrupted) if result.interrupted else None,
+        "succeeded": result.state == "succeeded",
+    }
+
+
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The options of `raylight run` (and of the trainer image's entrypoint, which takes the same)."""
+    run.add_argument("file", help="manifest YAML (the same file kubectl apply takes)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
+    run.add_argument("--data-dir", help="directory that relative data.path values are resolved against")
+    run.add_argument("--storage-path", help="checkpoints and sweep state (default: ./raylight_results)")
+    run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    run.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                     help="json: a machine-readable summary on stdout")
+    run.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
+    run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
+    run.add_argument("--allow-failed-trials", action="store_true",
+                     help="exit 0 when a sweep succeeded even though some of its trials failed")
+
+
+def print_errors(console: Console, errors: list[SpecError]) -> None:
+    for error in errors:
+        console.print(f"[red]error[/red] {escape(str(error))}", soft_wrap=True)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run every resource of a manifest file in turn; print their summaries; return the exit code."""
+    # Progress and logs go to stderr, so that `--output json` leaves stdout machine-readable.
+    console = Console(stderr=True, highlight=False)
+    try:
+        resources, notes = read_manifests(args.file)
+        if not resources:
+            raise no_resource_error(args.file, notes)
+    except ManifestError as exc:
+        print_errors(console, exc.errors)
+        if args.output == "json":
+            print(json.dumps({"succeeded": False, "errors": [str(e) for e in exc.errors]}, indent=2))
+        return EXIT_FAILED
+    for note in notes:
+        console.print(f"[dim]skip[/dim] {escape(note)}", soft_wrap=True)
+    options = RunOptions(
+        tracking_uri=args.tracking_uri, data_dir=args.data_dir, storage_path=args.storage_path,
+        num_cpus=args.num_cpus, fresh=args.fresh, verbose=args.verbose,
+    )
+    from .interrupt import handling_signals
+
+    summaries: list[dict[str, Any]] = []
+    with handling_signals():
+        for resource in resources:
+            summary, code = _run_one(resource, options, args, console)
+            if summary is None:
+                return code
+            summaries.append(summary)
+            if summary.get("interrupted"):
+                break
+    if args.output == "json":
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
+    return run_exit_code(summaries, args.allow_failed_trials, console)
+
+
+def _run_one(resource: TrainingJob | TuneSweep, options: RunOptions, args: argparse.Namespace,
+             console: Console) -> tuple[dict[str, Any] | None, int]:
+    """One resource's summary (printed), or None and the exit code when it could not run."""
+    from .data import DatasetError
+    from .interrupt import exit_code as interrupt_exit_code
+    from .interrupt import received_signal, signal_name
+    from .resources import ResourceError
+    from .summary import print_summary
+
+    # Inside a RayJob (RAY_ADDRESS set by KubeRay) the run joins that cluster: say so.
+    where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") \
+        else "a local Ray instance"
+    console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on {where}")
+    try:
+        # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = run_resource(resource, options, console)
+    except (ResourceError, DatasetError, RuntimeError) as exc:
+        console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}")
+        return None, EXIT_FAILED
+    except KeyboardInterrupt:
+        signum = received_signal() or signal.SIGINT
+        console.print(f"[yellow]stopped at once[/yellow] by {signal_name(signum)}: run the same command to "
+                      "resume from the last saved state")
+        return None, interrupt_exit_code(signum)
+    if args.output == "text" or summary.get("interrupted"):
+        print_summary(summary, console)  # on stderr: with -o json too, for who pressed Ctrl-C
+    return summary, EXIT_OK
+
+
+def run_exit_code(summaries: list[dict[str, Any]], allow_failed_trials: bool, console: Console) -> int:
+    """The verdict on a command's runs: 1 for a failed run, and for a sweep some of whose trials
+    failed unless that is allowed (the operator's driver allows it: the sweep's status counts them)."""
+    stopped_by = next((s["interrupted"] for s in summaries if s.get("interrupted")), None)
+    if stopped_by:  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended
+        return 128 + int(signal.Signals[stopped_by])
+    if not all(s["succeeded"] for s in summaries):
+        return EXIT_FAILED
+    failed_trials = sum((s.get("trials") or {}).get("failed", 0) for s in summaries)
+    if failed_trials and not allow_failed_trials:
+        console.print(f"[red]{failed_trials} trial(s) failed[/red]: exit {EXIT_FAILED} "
+                      "(--allow-failed-trials accepts a sweep whose best trial is enough)")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m raylight_trainer MANIFEST [options]`: what a RayJob's entrypoint runs."""
+    parser = argparse.ArgumentParser(prog="python -m raylight_trainer", description=__doc__)
+    add_run_arguments(parser)
+    return run_command(parser.parse_args(argv))
