@@ -69,9 +69,13 @@ def run(manifest: Path, work: Path, source: Path, timeline: Path | None) -> dict
     command = [sys.executable, "-m", "raylight.cli", "run", str(manifest), "--output", "json",
                "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--storage-path", str(work / "results"),
                "--num-cpus", str(NUM_CPUS)]
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - started
+    if timeline is not None:  # the command's own span, in the run's marks
+        with timeline.open("a", encoding="utf-8") as marks:
+            for event, at in (("command_started", started_at), ("command_ended", time.time())):
+                marks.write(json.dumps({"t": at, "event": event, "trial": "-"}) + "\n")
     start = 0 if done.stdout.startswith("{") else done.stdout.find("\n{") + 1
     if done.returncode != 0 or start < 0:
         raise SystemExit(f"raylight run {manifest.name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -122,7 +126,9 @@ def segments(marks: dict[str, float]) -> dict[str, float]:
     return out
 
 
-RUN_SEGMENTS = [("Ray start", "ray_init", "ray_ready"), ("between", "ray_ready", "sweep_start"),
+RUN_SEGMENTS = [("command start (Python, the CLI's imports)", "command_started", "ray_init"),
+                ("Ray start (with the driver's imports meanwhile, where they overlap)", "ray_init", "ray_ready"),
+                ("between", "ray_ready", "sweep_start"),
                 ("sweep set-up (MLflow parent run, Tune)", "sweep_start", "tune_start"),
                 ("first trials' actors start", "tune_start", "first_started"),
                 ("trials", "first_started", "tune_end"), ("trials' outcomes", "tune_end", "outcomes_read"),
@@ -130,7 +136,8 @@ RUN_SEGMENTS = [("Ray start", "ray_init", "ray_ready"), ("between", "ray_ready",
                 ("best checkpoint loaded", "child_runs_ended", "best_model_loaded"),
                 ("best model logged", "best_model_loaded", "model_logged"),
                 ("attributions (meanwhile), waited for", "model_logged", "best_model_logged"),
-                ("final counts", "best_model_logged", "sweep_end")]
+                ("final counts", "best_model_logged", "sweep_end"),
+                ("summary, Ray's shutdown, exit", "sweep_end", "command_ended")]
 
 
 def run_segments(run: dict[str, float], trials: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -334,7 +341,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     order = [name for name, _, _ in SEGMENTS] + [f"later epoch: {n}" for n, _, _ in LATER] + \
         ["later epoch: between epochs", "trial end (slot still held)"]
     colors = plt.get_cmap("tab20").colors
-    fig, ax = plt.subplots(figsize=(10, 2.8 + 0.6 * len(labels)))
+    fig, (ax, whole) = plt.subplots(2, 1, figsize=(10, 5.6 + 1.2 * len(labels)))
+    plot_command(report, whole)
     for row, label in enumerate(labels):
         median = report["runs"][label]["timeline"]["median_segments_s"]
         left = 0.0
@@ -352,6 +360,26 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title("Where a quickstart trial's time goes (2 CPUs, 2 trials at a time)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_command(report: dict[str, Any], ax: Any) -> None:
+    """The whole command's time per label, stacked by its stages (where the label measured them)."""
+    import matplotlib.pyplot as plt
+
+    labels = list(report["runs"])
+    colors = plt.get_cmap("tab20b").colors
+    for row, label in enumerate(labels):
+        segments = report["runs"][label]["timeline"]["run_segments_s"]
+        left = 0.0
+        for index, (name, _, _) in enumerate(RUN_SEGMENTS):
+            width = segments.get(name, 0.0)
+            ax.barh(row, width, left=left, color=colors[index % len(colors)], label=name if row == 0 else None)
+            left += width
+        ax.text(left, row, f"  {report['runs'][label]['timeline']['command_wall_s']:.1f} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (the whole `raylight run` of the 4-trial sweep; unmarked stages where a label lacks them)")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
 
 
 if __name__ == "__main__":

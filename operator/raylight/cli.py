@@ -14,7 +14,7 @@ from raylight.api import ManifestError, read_manifests
 
 # The run command's driver lives with the trainer: a RayJob's entrypoint runs the same code in the
 # head pod. Its module imports nothing heavy, so `raylight validate` stays fast.
-from raylight_trainer.driver import EXIT_FAILED, EXIT_OK, add_run_arguments, print_errors, run_command
+from raylight_trainer.driver import EXIT_FAILED, EXIT_OK, add_run_arguments, exit_quickly, print_errors, run_command
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -137,5 +137,14 @@ def main(argv: list[str] | None = None, prog: str = "raylight") -> int:
     return int(args.handler(args))
 
 
+def console_main() -> None:
+    """The `raylight` console script. A command that ran Ray (`raylight run`) skips the
+    interpreter's slow teardown (see `exit_quickly`); the others exit as usual."""
+    code = main()
+    if "ray" in sys.modules:
+        exit_quickly(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

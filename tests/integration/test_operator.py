@@ -219,10 +219,14 @@ def test_kuberay_turns_the_rayjob_into_gpu_pods(kube_cluster: Cluster, kuberay: 
     def worker_pods() -> list[dict[str, Any]]:
         return kube_cluster.list("pods", namespace, "raylight.dev/name=on-kuberay,raylight.dev/role=worker")
 
-    pods = wait_for(lambda: len(worker_pods()) == 4 and worker_pods(), timeout=90, what="KubeRay's worker pods")
+    # 4 one-GPU trials at once: one worker pod of 4 GPUs holds them (gpusPerPod's default, 8, bounds it)
+    pods = wait_for(lambda: len(worker_pods()) == 1 and worker_pods(), timeout=90, what="KubeRay's worker pods")
     for pod in pods:
         container = pod["spec"]["containers"][0]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+        # KubeRay's memory-backed /dev/shm, which NCCL needs between the GPUs of a pod
+        shm = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+        assert next(v for v in pod["spec"]["volumes"] if v["name"] == shm)["emptyDir"]["medium"] == "Memory"
         assert container["image"] == SETTINGS_IMAGE
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
         assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}

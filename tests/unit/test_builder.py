@@ -78,9 +78,11 @@ def test_gpu_sweep_asks_for_gpus_where_they_are() -> None:
     spec = rayjob["spec"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
     container = workers["template"]["spec"]["containers"][0]
-    assert workers["replicas"] == 4  # maxConcurrentTrials x 1 worker per trial
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["limits"]["cpu"] == "6"
+    # maxConcurrentTrials x 1 one-GPU worker: one pod of 4 GPUs (up to 8 by default) holds them
+    assert workers["replicas"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["resources"]["limits"]["cpu"] == "24"
+    assert container["resources"]["limits"]["memory"] == "128Gi"
     assert workers["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]
     head = spec["rayClusterSpec"]["headGroupSpec"]
@@ -110,7 +112,53 @@ def test_fractional_gpus_pack_trials_into_a_pod() -> None:
                  "numSamples": 16, "maxConcurrentTrials": 8},
     }))
     shape = worker_shape(resource)
+    assert (shape.replicas, shape.cpus, shape.gpus) == (1, 16, 2)  # 8 trials, 4 to a GPU, in one pod
+    resource.spec.cluster.workers.gpus_per_pod = 1  # nodes with one GPU each
+    shape = worker_shape(resource)
     assert (shape.replicas, shape.cpus, shape.gpus) == (2, 8, 1)
+
+
+def gpu_run(kind: str, resources: dict[str, Any], **spec: Any) -> Any:
+    body: dict[str, Any] = {"resources": resources} if kind == "TrainingJob" else {"trial": {"resources": resources}}
+    return parse_resource(with_identity({"apiVersion": "raylight.dev/v1alpha1", "kind": kind,
+                                         "metadata": {"name": "gpus"}, "spec": {**body, **spec}}))
+
+
+@pytest.mark.parametrize(("kind", "resources", "spec", "expected"), [
+    # a 16-rank DDP job: two 8-GPU pods, each holding a node's ranks
+    ("TrainingJob", {"workers": 16, "gpusPerWorker": 1, "cpusPerWorker": 4}, {}, (2, 32, 8)),
+    # never more than the run needs: a 2-rank job gets one 2-GPU pod
+    ("TrainingJob", {"workers": 2, "gpusPerWorker": 1}, {}, (1, 2, 2)),
+    # gpusPerPod bounds the pod: 4-GPU nodes
+    ("TrainingJob", {"workers": 16, "gpusPerWorker": 1}, {"cluster": {"workers": {"gpusPerPod": 4}}}, (4, 4, 4)),
+    # whole workers only: 3-GPU workers, two to an 8-GPU pod (6 GPUs)
+    ("TrainingJob", {"workers": 4, "gpusPerWorker": 3}, {}, (2, 2, 6)),
+    # fractions: 0.4 puts 2 trials on a GPU (never one across two); 5 trials need 3 GPUs
+    ("TuneSweep", {"gpusPerWorker": 0.4}, {"maxConcurrentTrials": 5, "numSamples": 5}, (1, 5, 3)),
+    # data-parallel trials: 4 trials x 2 ranks in one 8-GPU pod
+    ("TuneSweep", {"workers": 2, "gpusPerWorker": 1}, {"maxConcurrentTrials": 4, "numSamples": 8}, (1, 8, 8)),
+])
+def test_gpu_workers_share_pods_of_up_to_gpus_per_pod(kind: str, resources: dict[str, Any], spec: dict[str, Any],
+                                                      expected: tuple[int, float, int]) -> None:
+    shape = worker_shape(gpu_run(kind, resources, **spec))
+    assert (shape.replicas, shape.cpus, shape.gpus) == expected
+
+
+def test_gpus_per_pod_that_cannot_work_names_the_field() -> None:
+    with pytest.raises(BuildError) as too_small:
+        worker_shape(gpu_run("TrainingJob", {"workers": 2, "gpusPerWorker": 2},
+                             cluster={"workers": {"gpusPerPod": 1}}))
+    assert too_small.value.path == "spec.cluster.workers.gpusPerPod" and "at least 2" in too_small.value.message
+    with pytest.raises(BuildError) as cpu_only:
+        worker_shape(gpu_run("TrainingJob", {"workers": 2}, cluster={"workers": {"gpusPerPod": 8}}))
+    assert cpu_only.value.path == "spec.cluster.workers.gpusPerPod" and "no GPU" in cpu_only.value.message
+
+
+def test_cpu_workers_get_a_pod_each() -> None:
+    rayjob = build_rayjob(example("cluster-quickstart.yaml"), SETTINGS)
+    workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == 2  # maxConcurrentTrials one-worker trials
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "500m"
 
 
 def test_names_are_deterministic_and_fit_kuberay() -> None:

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from raylight.api import DataSpec
-from raylight_trainer.data import DatasetError, load_data
+from raylight_trainer.data import load_data
+from raylight_trainer.errors import DatasetError
 
 
 def write_cifar10(root: Path, per_batch: int = 20) -> Path:
@@ -146,3 +147,43 @@ def test_tensor_transform_does_what_torchvision_v2_does(source: int, size: int, 
         assert matches, "not a shifted (or mirrored) copy of the image"
         picked.add(matches[0])
     assert len(picked) > 5  # the shift (and flip) are random
+
+
+@pytest.mark.parametrize(("cpus", "asked", "expected"), [
+    (1, None, 0),    # a 1-CPU worker loads in its own process
+    (0.5, None, 0),
+    (4, None, 3),    # the CPUs it reserved beyond the one that trains
+    (64, None, 8),   # at most 8
+    (4, 0, 0),       # data.loaderWorkers wins
+    (1, 2, 2),
+])
+def test_loader_workers_follow_the_cpus_a_worker_reserved(cpus: float, asked: int | None, expected: int) -> None:
+    from raylight.api import TrialSpec
+    from raylight_trainer.train import loader_workers
+
+    spec = TrialSpec.model_validate({"resources": {"cpusPerWorker": cpus},
+                                     "data": {"dataset": "synthetic", "loaderWorkers": asked}})
+    assert loader_workers(spec) == expected
+
+
+def test_loaders_with_worker_processes_give_the_same_batches_as_in_process(tmp_path: Path) -> None:
+    """The loaders of a 3-CPU worker load in 2 processes; validation batches (no augmentation)
+    come out as they do in-process, and training batches cover the shard once."""
+    from raylight.api import TrialSpec
+    from raylight_trainer.train import TrainingPath, build_loaders
+
+    folder = write_imagefolder(tmp_path)
+    trial = {"data": {"dataset": "imagefolder", "path": str(folder), "validationFraction": 0.25},
+             "model": {"imageSize": 16, "patchSize": 4}, "training": {"batchSize": 3}}
+    path = TrainingPath(world_size=1, rank=0, checkpoint=None, in_trial=True)
+    batches = {}
+    for cpus in (1, 3):
+        spec = TrialSpec.model_validate({**trial, "resources": {"cpusPerWorker": cpus}})
+        data = load_data(spec.data, 16)
+        train, val = build_loaders(spec, data, path)
+        assert train.num_workers == (0 if cpus == 1 else 2)
+        labels = sorted(int(y) for _, ys in train for y in ys)
+        assert len(labels) == len(data.train) // 3 * 3  # whole batches of the shuffled shard
+        batches[cpus] = [x for x, _ in val]
+    assert len(batches[1]) == len(batches[3])
+    assert all(torch.equal(a, b) for a, b in zip(batches[1], batches[3], strict=True))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .driver import main
+from .driver import exit_quickly, main
 from .pod_stop import write_driver_pid
 from .run_logs import kept_driver_output
 
@@ -20,4 +20,4 @@ if __name__ == "__main__":
         code = main(sys.argv[1:])
     if pid_file is not None:
         pid_file.unlink(missing_ok=True)
-    sys.exit(code)
+    exit_quickly(code)

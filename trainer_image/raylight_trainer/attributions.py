@@ -7,9 +7,12 @@ predicted label. The PNG goes to the MLflow run as `attributions/integrated_grad
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
+import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -142,15 +145,27 @@ def log_attributions(model: nn.Module, trial: dict[str, Any], data_dir: str | No
 
 
 class PendingAttributions:
-    """log_attributions started as a Ray task shaped like one training worker (the driver may have
-    no GPU or data volume). Started before the model is logged, it runs meanwhile: both take
-    seconds, mostly imports, in separate processes."""
+    """log_attributions started before the model is logged, so the two overlap.
+
+    A local run's driver has the data and the devices: it computes the picture in a thread (torch
+    and MLflow are loaded there already; a new process spent seconds importing them again). On a
+    cluster the driver (the head pod) may have neither the data volume nor a GPU: there it runs as
+    a Ray task shaped like one training worker."""
 
     def __init__(self, model: nn.Module, spec: TrialSpec, data_dir: str | None, tracking_uri: str,
                  run_id: str) -> None:
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.ref: Any = None
+        self.future: Future[str] | None = None
+        if not os.environ.get("RAY_ADDRESS"):
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylight-attributions")
+            # A copy: the driver goes on exporting the model while the thread runs it.
+            self.future = pool.submit(log_attributions, copy.deepcopy(model).cpu(), spec.wire(), data_dir,
+                                      tracking_uri, run_id)
+            pool.shutdown(wait=False)
+            return
         import ray
 
-        self.tracking_uri, self.run_id = tracking_uri, run_id
         gpus = min(1.0, spec.resources.gpus_per_worker)
         task = ray.remote(log_attributions).options(num_cpus=min(1.0, spec.resources.cpus_per_worker),
                                                     num_gpus=gpus)
@@ -163,7 +178,7 @@ class PendingAttributions:
         from mlflow.tracking import MlflowClient
 
         try:
-            return str(ray.get(self.ref))
+            return str(self.future.result() if self.future is not None else ray.get(self.ref))
         except Exception as exc:  # Ray wraps the task's error
             message = root_cause(exc)
             log.warning("integrated gradients failed for run %s: %s", self.run_id, message)

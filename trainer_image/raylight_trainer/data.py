@@ -18,6 +18,8 @@ from torchvision.transforms import v2 as T
 
 from raylight.api import DataSpec
 
+from .errors import DatasetError
+
 # The validation split must not depend on the trial's seed: trials are compared on it.
 SPLIT_SEED = 0
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -31,10 +33,6 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
     "synthetic": ((0.5,) * 3, (0.25,) * 3),
 }
-
-
-class DatasetError(ValueError):
-    """A dataset that is missing or malformed; the message names the path and the expected layout."""
 
 
 @dataclass

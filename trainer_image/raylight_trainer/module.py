@@ -57,6 +57,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def uses_channels_last(architecture: str, training: dict[str, Any], on_gpu: bool) -> bool:
+    """training.channelsLast, else on for EfficientNet on a CPU only: measured there (its
+    depthwise and 1x1 convolutions, 1.7-1.8x faster a step); on a GPU not measured yet."""
+    asked = training.get("channels_last")
+    if asked is not None:
+        return bool(asked)
+    return architecture == "efficientnet" and not on_gpu
+
+
 class ImageClassifier(pl.LightningModule):
     def __init__(self, model: dict[str, Any], training: dict[str, Any], architecture: str = "vit",
                  class_names: list[str] | None = None) -> None:
@@ -77,12 +86,19 @@ class ImageClassifier(pl.LightningModule):
             "val_auroc": MulticlassAUROC(num_classes=classes, average="macro"),
         })
         self.val_loss = MeanMetric()
+        self.architecture, self.channels_last = architecture, False
 
     def setup(self, stage: str) -> None:
+        on_gpu = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        if uses_channels_last(self.architecture, self.training_spec, on_gpu):
+            # Weights now, each batch as it arrives (on_after_batch_transfer); the state dict's
+            # values are the same, so checkpoints load into either layout.
+            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.channels_last = True
         # Compiled for training only, in place: the state dict (checkpoints, the logged model) is
         # the uncompiled network's.
         if stage == "fit" and self.training_spec.get("compile"):
-            problem = compile_problem(on_gpu=self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+            problem = compile_problem(on_gpu=on_gpu)
             if problem is None:
                 self.net.compile()
             else:
@@ -90,6 +106,12 @@ class ImageClassifier(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last:
+            images, labels = batch
+            return images.contiguous(memory_format=torch.channels_last), labels
+        return batch
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

@@ -36,6 +36,7 @@ from .runs import (
     with_run,
 )
 from .sweep_progress import ProgressReporter, trial_error, trial_state, write_progress
+from .timeline_hooks import TrialEvents
 from .tracking import (
     TAG_BEST_TRIAL_ID,
     TAG_KIND,
@@ -220,7 +221,7 @@ def run_sweep(
     metric, mode = spec.objective.metric, spec.objective.mode
     reporter = ProgressReporter(settings.tracking_uri, experiment_id, parent_run_id, spec.num_samples, spec.max_t(),
                                 metric, mode)
-    callbacks = [*(callbacks or []), reporter, *([timeline.TrialEvents()] if timeline.enabled() else [])]
+    callbacks = [*(callbacks or []), reporter, *([TrialEvents()] if timeline.enabled() else [])]
     if resumable:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)

@@ -2,7 +2,9 @@
 
 Every process of a run (the sweep driver, trial actors, Ray Train workers) appends one JSON line
 per mark to the file that variable names; Ray's local workers inherit the driver's environment.
-Appends of a short line are atomic, so the processes need no lock.
+Appends of a short line are atomic, so the processes need no lock. The Lightning and Tune
+callbacks that mark are in `timeline_hooks`: this module imports nothing heavy, so the driver can
+mark before torch is loaded.
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ import json
 import os
 import time
 from typing import Any
-
-import pytorch_lightning as pl
-from ray import tune
 
 TIMELINE_ENV = "RAYLIGHT_TIMELINE"
 _trial: dict[str, str | None] = {"id": None}
@@ -51,50 +50,3 @@ def mark_process_start(event: str) -> None:
     except (OSError, ValueError, IndexError, StopIteration):
         return
     mark(event, at=boot + ticks / os.sysconf("SC_CLK_TCK"))
-
-
-
-class EpochMarks(pl.Callback):
-    """Marks an epoch's stages. Placed first it marks training and validation; placed last
-    (`at_epoch_end`) the moment every other callback (logging, reporting) is done."""
-
-    def __init__(self, at_epoch_end: str | None = None) -> None:
-        self.at_epoch_end = at_epoch_end
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.at_epoch_end:
-            mark("fit_start")
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        if batch_idx == 0 and not self.at_epoch_end:
-            mark("epoch_start", epoch=trainer.current_epoch + 1)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.at_epoch_end:
-            mark("val_start", epoch=trainer.current_epoch + 1)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.at_epoch_end:
-            mark("val_end", epoch=trainer.current_epoch + 1)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_epoch_end:
-            mark(self.at_epoch_end, epoch=trainer.current_epoch + 1)
-
-
-class TrialEvents(tune.Callback):
-    """The sweep driver's view: when Tune began, and when it started and ended each trial."""
-
-    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
-              **info: Any) -> None:
-        mark("tune_start", trial="-")
-
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        mark("started", trial=trial.trial_id)
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        mark("ended", trial=trial.trial_id)
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        mark("ended", trial=trial.trial_id, error=True)

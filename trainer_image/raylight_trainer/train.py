@@ -25,6 +25,7 @@ from .data import load_data
 from .model import ModelConfig, config_from_spec
 from .module import ImageClassifier
 from .run_logs import LogKeeper, kept_output, say
+from .timeline_hooks import EpochMarks
 from .tracking import MlflowEpochLogger, WandbEpochLogger
 
 REPORTED_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "val_auroc", "lr")
@@ -206,14 +207,28 @@ def fit_worker(worker: WorkerConfig, path: TrainingPath, keeper: LogKeeper | Non
         logger_cb.flush()
 
 
+MAX_LOADER_WORKERS = 8
+
+
+def loader_workers(spec: TrialSpec) -> int:
+    """DataLoader processes of one training worker: data.loaderWorkers, else the CPUs the worker
+    reserved beyond the one its training process uses (a 1-CPU worker loads in-process: a loader
+    process there would only take turns with training on the same core)."""
+    if spec.data.loader_workers is not None:
+        return spec.data.loader_workers
+    return min(MAX_LOADER_WORKERS, max(0, int(spec.resources.cpus_per_worker) - 1))
+
+
 def build_loaders(spec: TrialSpec, data: Any, path: TrainingPath) -> tuple[DataLoader, DataLoader]:
     """This worker's shards. The samplers are ours, not Lightning's (use_distributed_sampler=False):
     shuffled shards for training, unpadded ones for validation."""
     per_worker_batch = max(1, spec.training.batch_size // path.world_size)
+    workers = loader_workers(spec)
     loader_args: dict[str, Any] = {
         "batch_size": per_worker_batch,
-        "num_workers": spec.data.loader_workers,
-        "persistent_workers": spec.data.loader_workers > 0,
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        # Page-locked batches copy to the GPU asynchronously, overlapping the step before.
         "pin_memory": spec.resources.gpus_per_worker > 0,
     }
     drop_last = len(data.train) > per_worker_batch * path.world_size
@@ -235,12 +250,12 @@ def worker_callbacks(worker: WorkerConfig, spec: TrialSpec, path: TrainingPath,
                                       lr_interval=spec.callbacks.lr_monitor.interval)
         callbacks.append(logger_cb)  # before the report: an epoch is logged even if the trial is stopped there
         if timeline.enabled():
-            callbacks.append(timeline.EpochMarks("logged"))
+            callbacks.append(EpochMarks("logged"))
     if path.rank == 0 and worker.wandb:
         callbacks.append(WandbEpochLogger(**worker.wandb, metric_names=REPORTED_METRICS))
     callbacks.append(TuneReportCheckpoint() if path.in_trial else RayTrainReportCallback())
     if timeline.enabled() and path.rank == 0:
-        callbacks = [timeline.EpochMarks(), *callbacks, timeline.EpochMarks("reported")]
+        callbacks = [EpochMarks(), *callbacks, EpochMarks("reported")]
     return callbacks, logger_cb
 
 

@@ -64,8 +64,14 @@ class WorkersSpec(SpecModel):
 
     replicas: int | None = Field(default=None, ge=1, le=1024)
     """Worker pods (default: enough for maxConcurrentTrials runs at once; a TrainingJob: its workers)."""
-    memory: str = Field(default="16Gi", max_length=32, json_schema_extra={"pattern": QUANTITY_PATTERN})
-    """Memory request and limit of each worker container."""
+    memory: str | None = Field(default=None, max_length=32, json_schema_extra={"pattern": QUANTITY_PATTERN})
+    """Memory request and limit of each worker pod, for all the training workers it holds
+    (default: 16Gi for each of them)."""
+    gpus_per_pod: int | None = Field(default=None, ge=1, le=16)
+    """GPUs of one worker pod, at most: the pod holds the training workers that use them, so the
+    ranks of one node share it (NVLink, P2P and shared memory between its GPUs; separate pods talk
+    over the network). Default: 8, what a typical GPU node offers, or fewer when the run needs fewer.
+    Set 1 where the nodes have one GPU each. Only for GPU workers."""
     gpu_resource: str = Field(default="nvidia.com/gpu", min_length=1, max_length=253)
     """Extended resource name of the GPUs (e.g. amd.com/gpu)."""
 

@@ -160,8 +160,9 @@ class DataSpec(SpecModel):
     """Number of images in the synthetic dataset."""
     synthetic_classes: int = Field(default=10, ge=2, le=1000)
     """Number of classes in the synthetic dataset."""
-    loader_workers: int = Field(default=0, ge=0, le=64)
-    """DataLoader worker processes per training worker (0: load in the training process)."""
+    loader_workers: int | None = Field(default=None, ge=0, le=64)
+    """DataLoader worker processes per training worker; 0 loads in the training process (default:
+    the worker's whole CPUs, resources.cpusPerWorker, less the one that trains, at most 8)."""
 
     @model_validator(mode="after")
     def _check_path(self) -> DataSpec:
@@ -197,6 +198,10 @@ class TrainingSpec(SpecModel):
     """torch.compile the model for training: faster steps after a compile of tens of seconds per
     worker (the same weights and checkpoints). Where it cannot run (no C++ compiler for a CPU
     worker, no Triton or an old GPU) the worker says why and trains without it."""
+    channels_last: bool | None = None
+    """Train convolutions on channels-last (NHWC) tensors: the same results, a different memory
+    layout. Default: on for EfficientNet on a CPU (1.7-1.8x faster steps there,
+    bench/channels_last.py), off otherwise until the GPU check (bench/gpu) measures it on a GPU."""
     seed: int = Field(default=0, ge=0)
     """Seed for weights, data split, shuffling and augmentation."""
 

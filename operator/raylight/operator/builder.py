@@ -155,23 +155,55 @@ def _yaml(document: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class WorkerShape:
+    """Each of `replicas` worker pods holds `workers` training workers, `cpus` and `gpus`."""
+
     replicas: int
+    workers: int
     cpus: float
     gpus: int
 
 
+WORKER_MEMORY_GI = 16  # a worker pod's default memory, for each training worker it holds
+# GPUs of a typical GPU node (8x A100/H100 and the like): worker pods take up to this many by default.
+DEFAULT_GPUS_PER_POD = 8
+
+
 def worker_shape(resource: Resource) -> WorkerShape:
-    """Worker pods for the run: one Ray training worker per pod, or several trials on one GPU
-    when gpusPerWorker is a fraction. A sweep gets room for maxConcurrentTrials runs at once."""
+    """Worker pods for the run. A CPU worker gets a pod of its own. GPU workers share pods of up to
+    gpusPerPod GPUs (and never more than the run needs): the DDP ranks of a node in one pod, or
+    trials packed on fractions of its GPUs. A sweep gets room for maxConcurrentTrials runs at once."""
     if isinstance(resource, TuneSweep):
         trial, concurrent = resource.spec.trial, resource.spec.max_concurrent_trials or 1
     else:
         trial, concurrent = resource.spec, 1
-    per_worker = trial.resources
+    per_worker, workers = trial.resources, resource.spec.cluster.workers
+    at_once = per_worker.workers * concurrent  # training workers running at the same time
     gpus = per_worker.gpus_per_worker
-    per_pod = math.floor(1 / gpus) if 0 < gpus < 1 else 1
-    replicas = resource.spec.cluster.workers.replicas or math.ceil(per_worker.workers * concurrent / per_pod)
-    return WorkerShape(replicas=replicas, cpus=per_worker.cpus_per_worker * per_pod, gpus=math.ceil(gpus))
+    if gpus == 0:
+        if workers.gpus_per_pod is not None:
+            raise BuildError("spec.cluster.workers.gpusPerPod", "the workers use no GPU: remove gpusPerPod, or give "
+                             "the trial's resources gpusPerWorker")
+        per_pod, pod_gpus = 1, 0
+    else:
+        per_pod, pod_gpus = _gpu_pod(gpus, at_once, workers.gpus_per_pod)
+    replicas = workers.replicas or math.ceil(at_once / per_pod)
+    return WorkerShape(replicas=replicas, workers=per_pod, cpus=per_worker.cpus_per_worker * per_pod,
+                       gpus=pod_gpus)
+
+
+def _gpu_pod(gpus_per_worker: float, at_once: int, gpus_per_pod: int | None) -> tuple[int, int]:
+    """(training workers, GPUs) of one GPU worker pod."""
+    if gpus_per_worker < 1:  # whole workers on each GPU: 0.3 fits 3 on a GPU, never one across two
+        per_gpu = math.floor(1 / gpus_per_worker)
+        pod_gpus = min(gpus_per_pod or DEFAULT_GPUS_PER_POD, math.ceil(at_once / per_gpu))
+        per_pod = min(pod_gpus * per_gpu, at_once)
+        return per_pod, math.ceil(per_pod / per_gpu)
+    whole = int(gpus_per_worker)
+    if gpus_per_pod is not None and gpus_per_pod < whole:
+        raise BuildError("spec.cluster.workers.gpusPerPod", f"{gpus_per_pod} GPU(s) cannot hold one worker of "
+                         f"gpusPerWorker {whole}: raise gpusPerPod to at least {whole}")
+    per_pod = min((gpus_per_pod or max(DEFAULT_GPUS_PER_POD, whole)) // whole, at_once)
+    return per_pod, per_pod * whole
 
 
 def _quantity(cpus: float) -> str:
@@ -293,7 +325,8 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         {},
         {MANIFEST_ANNOTATION: _yaml(trainer_manifest(resource, settings))},
     )
-    worker_resources = {"cpu": _quantity(shape.cpus), "memory": cluster.workers.memory}
+    worker_resources = {"cpu": _quantity(shape.cpus),
+                        "memory": cluster.workers.memory or f"{WORKER_MEMORY_GI * shape.workers}Gi"}
     if shape.gpus:
         worker_resources[cluster.workers.gpu_resource] = str(shape.gpus)
     placement: dict[str, Any] = {}
@@ -303,8 +336,10 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         placement["tolerations"] = [t.wire() for t in cluster.tolerations]
     if cluster.affinity:
         placement["affinity"] = cluster.affinity
-    worker = pod("worker", [stopping_gracefully(container("worker", worker_resources, user_mounts), "workers", grace)],
-                 list(cluster.volumes), placement)
+    # NCCL between the GPUs of a pod needs more /dev/shm than a container's 64 MiB: KubeRay mounts
+    # a memory-backed one, as large as the container's memory, in every Ray pod.
+    worker_container = stopping_gracefully(container("worker", worker_resources, user_mounts), "workers", grace)
+    worker = pod("worker", [worker_container], list(cluster.volumes), placement)
 
     # A sweep some of whose trials failed still succeeded (its status counts them): the RayJob
     # fails only when the run does.

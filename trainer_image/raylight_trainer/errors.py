@@ -1,0 +1,8 @@
+"""Errors a run reports to its user as a message, not a traceback (kept apart from the modules that
+raise them, which import torch: the driver catches them before it has loaded torch)."""
+
+from __future__ import annotations
+
+
+class DatasetError(ValueError):
+    """A dataset that is missing or malformed; the message names the path and the expected layout."""
