@@ -200,7 +200,7 @@ class TrainingSpec(SpecModel):
     worker, no Triton or an old GPU) the worker says why and trains without it."""
     channels_last: bool | None = None
     """Train convolutions on channels-last (NHWC) tensors: the same results, a different memory
-    layout. Default: on for EfficientNet on a CPU (1.7-1.8x faster steps there,
+    layout. Default: on for EfficientNet on a CPU (1.55-1.71x faster steps there,
     bench/channels_last.py), off otherwise until the GPU check (bench/gpu) measures it on a GPU."""
     seed: int = Field(default=0, ge=0)
     """Seed for weights, data split, shuffling and augmentation."""
