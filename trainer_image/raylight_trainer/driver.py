@@ -18,7 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +27,9 @@ from raylight.api import ManifestError, SpecError, TrainingJob, TuneSweep, read_
 from raylight.api.manifest import no_resource_error
 
 from .summary import is_local_store
+
+if TYPE_CHECKING:  # the module itself imports torch and MLflow
+    from .runs import RunSettings
 
 # Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
 # trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own);
@@ -84,7 +87,7 @@ def _init_ray(num_cpus: int | None, verbose: bool) -> None:
     )
 
 
-def settings_for(options: RunOptions, spec_uri: str | None) -> Any:
+def settings_for(options: RunOptions, spec_uri: str | None) -> RunSettings:
     from .runs import RunSettings
     from .tracking import local_store_uri
 
@@ -135,7 +138,7 @@ def run_resource(resource: TrainingJob | TuneSweep, options: RunOptions, console
     return _run_job(resource, settings, options, console)
 
 
-def _run_sweep(sweep: TuneSweep, settings: Any, options: RunOptions, console: Console) -> dict[str, Any]:
+def _run_sweep(sweep: TuneSweep, settings: RunSettings, options: RunOptions, console: Console) -> dict[str, Any]:
     from .interrupt import signal_name
     from .progress import LiveTrials, TrialTable
     from .sweep import run_sweep
@@ -174,7 +177,7 @@ def _run_sweep(sweep: TuneSweep, settings: Any, options: RunOptions, console: Co
     return summary
 
 
-def _run_job(job: TrainingJob, settings: Any, options: RunOptions, console: Console) -> dict[str, Any]:
+def _run_job(job: TrainingJob, settings: RunSettings, options: RunOptions, console: Console) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from .interrupt import signal_name
