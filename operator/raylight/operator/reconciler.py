@@ -286,7 +286,12 @@ class Reconciler:
         meta = body["metadata"]
         written = self.kube.patch_status(body["kind"], meta["namespace"], meta["name"], meta.get("resourceVersion"),
                                          patch)
-        self.cache.wrote_status((body["kind"], meta["namespace"], meta["name"]), written)
+        key = (body["kind"], meta["namespace"], meta["name"])
+        self.cache.wrote_status(key, written)
+        # The phase gauge follows what was written at once, not when the watch brings the write back
+        # (seconds later on a busy machine: a metrics scrape in between saw the old phase).
+        if patch.get("phase"):
+            metrics.set_phase(key, patch["phase"])
 
     def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.record(body, type_, reason, message)
