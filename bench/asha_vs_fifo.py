@@ -19,6 +19,7 @@ from pathlib import Path
 from raylight.api import TuneSweep, load_manifests
 from raylight_trainer.driver import start_ray
 from raylight_trainer.runs import RunSettings
+from raylight_trainer.storage import Storage
 from raylight_trainer.sweep import run_sweep
 from raylight_trainer.tracking import local_store_uri
 
@@ -34,7 +35,7 @@ def run_pair(base: TuneSweep, seed: int, tmp: Path) -> dict:
         if scheduler == "fifo":
             doc["spec"]["scheduler"] = {"fifo": {}}
         sweep = TuneSweep.model_validate(doc)
-        settings = RunSettings(tracking_uri=local_store_uri(tmp), storage_path=tmp / "results",
+        settings = RunSettings(tracking_uri=local_store_uri(tmp), storage=Storage.at(tmp / "results"),
                                artifact_root=tmp / "mlruns")
         result = run_sweep(sweep, settings)
         pair[scheduler] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import uuid
@@ -67,6 +68,24 @@ class Cluster:
                 return None
             raise AssertionError(result.stderr)
         return dict(json.loads(result.stdout))
+
+    def service_address(self, name: str, namespace: str, timeout: float = 60) -> tuple[str, int]:
+        """The ClusterIP and first port of a Service, once this host reaches it. A pod's Ready comes
+        before kube-proxy's rules for it: until it syncs, the Service's "no endpoints" rule refuses
+        connections at once (a node test's first request failed so)."""
+        service = self.get("service", name, namespace)
+        assert service is not None, f"no service {namespace}/{name}"
+        address = (service["spec"]["clusterIP"], int(service["spec"]["ports"][0]["port"]))
+
+        def accepts() -> bool:
+            try:
+                socket.create_connection(address, timeout=2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(accepts, timeout=timeout, interval=0.5, what=f"service {namespace}/{name} at {address} to accept")
+        return address
 
     def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
         args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])

@@ -8,12 +8,15 @@ noise hits them alike:
   mlp        fusedMlp (Triton) vs unfused vs torch.compile of the unfused MLP, fwd+bwd, peak memory;
   effnet     EfficientNet-B0 bf16, channels_last vs not;
   optim      AdamW's fused kernel vs its foreach one, ViT training step (the largest case);
+  augment    vit-cifar fed by a DataLoader of CIFAR-size uint8 images in memory: each image
+             augmented in the loader's worker processes (the default) vs whole batches on the
+             device (data.deviceAugmentation), images/s of the fed training step;
   run        an end-to-end `raylight run`: 4 trials packed on one GPU (gpusPerWorker 0.25) and a
              1-worker bf16 TrainingJob, wall time and GPU utilisation (nvidia-smi), where Ray,
              MLflow and pydantic are importable.
 Writes check_<device>.json and check_<device>.png under --out and prints a short table.
 
-    bench/gpu/run [--cpu] [--parts vit,mlp,effnet,optim,run] [--budget-s 420]
+    bench/gpu/run [--cpu] [--parts vit,mlp,effnet,optim,augment,run] [--budget-s 420]
 """
 
 from __future__ import annotations
@@ -52,29 +55,33 @@ class Sizes:
     dtype: torch.dtype
     vit_cases: tuple[tuple[str, int, dict[str, int]], ...]  # preset, batch, config overrides
     effnet: tuple[str, int, dict[str, float]]
+    augment: tuple[str, int, int]  # ViT preset, batch, loader worker processes
     rounds: int
     steps: int
     compile: bool
 
 
 GPU = Sizes("cuda", torch.bfloat16, (("vit-small", 256, {}), ("vit-base", 128, {})),
-            ("efficientnet-b0", 128, {}), rounds=5, steps=10, compile=True)
+            ("efficientnet-b0", 128, {}), ("vit-cifar", 512, 8), rounds=5, steps=10, compile=True)
 CPU = Sizes("cpu", torch.bfloat16, (("vit-tiny", 4, {"image_size": 32, "depth": 2}),),
-            ("efficientnet-b0", 4, {"image_size": 32, "depth_multiplier": 0.25}), rounds=2, steps=1, compile=True)
+            ("efficientnet-b0", 4, {"image_size": 32, "depth_multiplier": 0.25}), ("vit-nano", 8, 1),
+            rounds=2, steps=1, compile=True)
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, sizes: Sizes,
                fused: bool | None = None) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+    return lambda: train_on(model, optimizer, images, labels, sizes)
 
-    def step() -> None:
-        with torch.autocast(device_type=sizes.device, dtype=sizes.dtype):
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    return step
+def train_on(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+             sizes: Sizes) -> None:
+    """One training step: forward and loss under autocast, backward, AdamW."""
+    with torch.autocast(device_type=sizes.device, dtype=sizes.dtype):
+        loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def seconds_per_step(step: Callable[[], None], steps: int, device: str) -> float:
@@ -243,6 +250,54 @@ def optim_part(sizes: Sizes) -> dict[str, Any]:
     return row
 
 
+def augment_part(sizes: Sizes) -> dict[str, Any]:
+    """The same training step fed by two loaders over the same uint8 images: per-image transforms in
+    worker processes, or uint8 batches (a quarter of the bytes to pin and copy) transformed on the
+    device. Both shift and flip (TensorTransform's training steps); one step per call, the loaders'
+    workers kept between rounds."""
+    from torch.utils.data import DataLoader
+
+    if not _importable("torchvision"):  # raylight_trainer.data's ImageFolder reader needs it
+        return {"skipped": "torchvision is not importable here"}
+    from raylight_trainer.data import CIFAR_MEAN, CIFAR_STD, BatchTransform, TensorImages, TensorTransform
+    from raylight_trainer.model import VisionTransformer, ViTConfig
+
+    preset, batch, workers = sizes.augment
+    cfg = ViTConfig.from_preset(preset, num_classes=10)
+    count = batch * 8
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,))
+    per_image = TensorTransform(cfg.image_size, CIFAR_MEAN, CIFAR_STD, True, True)
+    torch.manual_seed(0)
+    model = VisionTransformer(cfg).to(sizes.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def fed_step(transform: TensorTransform | None) -> Callable[[], None]:
+        loader = DataLoader(TensorImages(images, labels, transform), batch_size=batch, shuffle=True, drop_last=True,
+                            num_workers=workers, persistent_workers=workers > 0, pin_memory=sizes.device == "cuda")
+        on_device = BatchTransform(per_image) if transform is None else None
+        batches: Iterator[Any] = iter(())
+
+        def step() -> None:
+            nonlocal batches
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                x, y = next(batches)
+            x, y = x.to(sizes.device, non_blocking=True), y.to(sizes.device, non_blocking=True)
+            train_on(model, optimizer, on_device(x) if on_device is not None else x, y, sizes)
+
+        return step
+
+    timed = interleaved({"in_loader": fed_step(per_image), "on_device": fed_step(None)}, sizes)
+    row: dict[str, Any] = {"preset": preset, "batch": batch, "loader_workers": workers,
+                           **{f"{name}_images_per_s": batch / result["s_per_step"] for name, result in timed.items()}}
+    row["on_device_speedup"] = row["on_device_images_per_s"] / row["in_loader_images_per_s"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
 @contextlib.contextmanager
 def gpu_utilisation() -> Iterator[dict[str, Any]]:
     """nvidia-smi's utilisation, sampled twice a second while the block runs (nothing without it)."""
@@ -395,6 +450,12 @@ def table(report: dict[str, Any]) -> str:
     optim = report.get("optim")
     if optim:
         lines.append(f"optim  {optim['preset']:<10} fused AdamW x{optim['fused_adamw_speedup']:.2f} vs foreach")
+    augment = report.get("augment")
+    if augment and "skipped" in augment:
+        lines.append(f"augment skipped: {augment['skipped']}")
+    elif augment:
+        lines.append(f"augment {augment['preset']:<9} on the device x{augment['on_device_speedup']:.2f} "
+                     f"vs in the loader ({augment['loader_workers']} workers)")
     for r in report.get("run", []):
         lines.append(f"run    {r.get('name', '-'):<10} " + (r["skipped"] if "skipped" in r else
                      f"exit {r['exit_code']}, {r['wall_s']:.0f} s, GPU util mean {r.get('gpu_util_mean')}"))
@@ -404,7 +465,7 @@ def table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="every part at toy sizes on the CPU (a dry run)")
-    parser.add_argument("--parts", default="vit,mlp,effnet,optim,run")
+    parser.add_argument("--parts", default="vit,mlp,effnet,optim,augment,run")
     parser.add_argument("--budget-s", type=float, default=420, help="later cases are skipped past this")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not in the table")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu")
@@ -434,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         report["effnet"] = effnet_part(sizes)
     if "optim" in parts:
         report["optim"] = optim_part(sizes)
+    if "augment" in parts:
+        report["augment"] = augment_part(sizes)
     if "run" in parts:
         report["run"] = run_part(sizes)
     report["wall_s"] = time.monotonic() - started

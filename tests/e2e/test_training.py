@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from raylight.api import TrainingJob, parse_resource
 from raylight_trainer.data import load_data
 from raylight_trainer.runs import RunSettings, run_training_job
+from raylight_trainer.storage import Storage
 from tests.e2e.kill import kill_after_epoch
 from tests.unit.test_data import write_cifar10, write_cifar100, write_imagefolder
 
@@ -30,7 +31,7 @@ def job(name: str, **spec: object) -> TrainingJob:
 
 
 def settings(tmp_path: Path, uri: str, data_dir: Path | None = None) -> RunSettings:
-    return RunSettings(tracking_uri=uri, storage_path=tmp_path / "results", data_dir=str(data_dir or tmp_path))
+    return RunSettings(tracking_uri=uri, storage=Storage.at(tmp_path / "results"), data_dir=str(data_dir or tmp_path))
 
 
 def test_two_worker_job_is_tracked_and_its_model_predicts(tmp_path: Path, mlflow_server: str) -> None:
@@ -116,6 +117,16 @@ def test_each_dataset_format_trains(tmp_path: Path, mlflow_server: str, dataset:
     assert 0.0 <= result.metrics["val_acc"] <= 1.0
 
 
+def test_device_augmentation_trains_a_cifar_job_on_uint8_batches(tmp_path: Path, mlflow_server: str) -> None:
+    write_cifar10(tmp_path / "set")
+    resource = job("device-augmentation", data={"dataset": "cifar10", "path": "set", "deviceAugmentation": True},
+                   model={"preset": "vit-nano", "depth": 1, "imageSize": 16},
+                   training={"maxEpochs": 2, "batchSize": 16})
+    result = run_training_job(resource, settings(tmp_path, mlflow_server))
+    assert result.state == "succeeded", result.error
+    assert result.epochs == 2 and result.model_uri and 0.0 <= result.metrics["val_acc"] <= 1.0
+
+
 def test_missing_dataset_fails_the_job_with_the_path(tmp_path: Path, mlflow_server: str) -> None:
     resource = job("missing-data", data={"dataset": "imagefolder", "path": "nowhere"},
                    faultTolerance={"maxFailures": 0})
@@ -143,6 +154,11 @@ def test_worker_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path, mlflo
     steps = [m.step for m in client.get_metric_history(result.run_id, "val_acc")]
     assert sorted(set(steps)) == [1, 2, 3, 4, 5]
     assert steps.count(1) == 1, f"epoch 1 ran twice: the run restarted instead of resuming ({steps})"
+    # checkpointsToKeep: 2, plus the latest where it is not among the best. The checkpoints whose
+    # reports died with the killed worker are deleted too.
+    train_dir = tmp_path / "results" / "default" / "survives-a-kill" / "train"
+    checkpoints = [path for path in train_dir.glob("checkpoint_*") if path.is_dir()]
+    assert 1 <= len(checkpoints) <= 3, sorted(p.name for p in checkpoints)
 
 
 def test_raylight_run_trainingjob_prints_a_json_summary(

@@ -114,3 +114,15 @@ def operator(kube_cluster: Cluster, mlflow_server: str, tmp_path: Path) -> Itera
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def namespaced_operator(kube_cluster: Cluster, mlflow_server: str, tmp_path: Path,
+                        namespace: str) -> Iterator[OperatorProcess]:
+    """An operator that watches only the test's namespace (`--namespace`): its metrics count only
+    this test's resources, not those other tests left in theirs."""
+    process = OperatorProcess(kube_cluster, mlflow_server, tmp_path / "operator.log",
+                              extra_args=("--namespace", namespace))
+    process.start()
+    yield process
+    process.stop()

@@ -53,7 +53,8 @@ def rayjobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     return cluster.list("rayjobs", namespace, "app.kubernetes.io/managed-by=raylight-operator")
 
 
-def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
+def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, namespaced_operator: OperatorProcess) -> None:
+    operator = namespaced_operator
     assert kube_cluster.apply(gpu_sweep(), namespace).returncode == 0
     wait_for(lambda: kube_cluster.get("rayjob", "ts-gpu-sweep", namespace), what="the RayJob")
     body = kube_cluster.get("ts", "gpu-sweep", namespace)
@@ -85,7 +86,9 @@ def test_sweep_lifecycle(kube_cluster: Cluster, namespace: str, operator: Operat
     before = version()
     time.sleep(3)
     assert version() == before, "the operator rewrote an unchanged status"
-    assert 'raylight_resources{kind="TuneSweep",phase="Running"} 1.0' in operator.metrics()
+    scraped = operator.metrics()
+    assert 'raylight_resources{kind="TuneSweep",phase="Running"} 1.0' in scraped, [
+        line for line in scraped.splitlines() if "raylight_res" in line]
 
     kube_cluster.patch_status("rayjob", "ts-gpu-sweep", namespace, {
         "jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "endTime": "2026-11-25T11:00:00Z"})

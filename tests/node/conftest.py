@@ -79,7 +79,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         pytest.skip("the test node needs root: its containerd, bridge, iptables rules and cgroups")
     directory = tmp_path_factory.mktemp("node")
     try:
-        subprocess.run([str(CLUSTER_SCRIPTS / "up"), "--node", str(directory)], check=True, timeout=3600)
+        up = subprocess.run([str(CLUSTER_SCRIPTS / "up"), "--node", str(directory)], capture_output=True,
+                            text=True, timeout=3600)
+        # Why it failed, in the error's own line: a CI log may keep nothing else of a fixture's output.
+        assert up.returncode == 0, f"tests/cluster/up --node failed ({up.returncode}): {up.stderr[-3000:]}"
         cluster, env = cluster_from(directory)
         yield Node(cluster, env)
     finally:
@@ -105,10 +108,8 @@ def raylight(node: Node) -> Iterator[Release]:
                  "--set", f"trainerImage={env['RAYLIGHT_TRAINER_IMAGE']}",
                  "--set", f"mlflow.server.image={env['RAYLIGHT_TRAINER_IMAGE']}",
                  "--set", "progressIntervalSeconds=5")
-    service = cluster.get("service", "raylight-mlflow", RELEASE_NAMESPACE)
-    assert service is not None
-    port = service["spec"]["ports"][0]["port"]
-    yield Release(RELEASE_NAMESPACE, f"http://{service['spec']['clusterIP']}:{port}",
+    address, port = cluster.service_address("raylight-mlflow", RELEASE_NAMESPACE)
+    yield Release(RELEASE_NAMESPACE, f"http://{address}:{port}",
                   f"raylight-mlflow.{RELEASE_NAMESPACE}.svc:{port}")
     cluster.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", check=False)
 

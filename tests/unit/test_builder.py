@@ -213,7 +213,8 @@ def test_a_local_example_is_refused_on_a_cluster_for_its_storage(name: str) -> N
     with pytest.raises(BuildError) as info:
         build_rayjob(example(name), SETTINGS)
     assert info.value.path == "spec.cluster.storagePath"
-    assert "ReadWriteMany" in info.value.message and "cluster-quickstart.yaml" in info.value.message
+    for choice in ("ReadWriteMany", "cluster-quickstart.yaml", "s3://", "cluster-quickstart-s3.yaml"):
+        assert choice in info.value.message
 
 
 PVC = {"name": "results", "persistentVolumeClaim": {"claimName": "shared"}}
@@ -244,6 +245,36 @@ def test_storage_under_the_innermost_shared_mount_is_accepted() -> None:
                                 {"name": "results", "mountPath": "/mnt/shared/"}]}
     entrypoint = build_rayjob(_with_cluster(cluster), SETTINGS)["spec"]["entrypoint"]
     assert "--storage-path /mnt/shared/ckpt" in entrypoint
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("hdfs://namenode/results", "hdfs:// is not a store"), ("s3:///results", "names no bucket"),
+])
+def test_an_object_store_that_cannot_work_is_refused(path: str, expected: str) -> None:
+    with pytest.raises(BuildError) as info:
+        build_rayjob(_with_cluster({"storagePath": path}), SETTINGS)
+    assert info.value.path == "spec.cluster.storagePath" and expected in info.value.message
+
+
+def test_an_object_store_needs_no_volume_and_its_secret_reaches_every_ray_pod() -> None:
+    doc = yaml.safe_load((REPO / "examples" / "storage" / "cluster-quickstart-s3.yaml").read_text())
+    doc["spec"]["cluster"]["dataCache"] = {"size": "20Gi"}
+    doc["spec"]["mlflow"]["secretRef"] = {"name": "mlflow-auth"}
+    rayjob = build_rayjob(parse_resource(with_identity(doc)), SETTINGS)
+    assert "--storage-path s3://raylight/results" in rayjob["spec"]["entrypoint"]
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]]
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        assert container["envFrom"] == [{"secretRef": {"name": "raylight-s3"}}, {"secretRef": {"name": "mlflow-auth"}}]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAYLIGHT_STORAGE_SECRET"] == "raylight-s3", "named in the trainer's storage errors"
+        assert env["RAYLIGHT_RUN_BY_OPERATOR"] == "true", "errors name spec fields, not raylight run's options"
+        # Datasets read from the store are copied once per pod, into a volume of the size asked for.
+        assert env["RAYLIGHT_DATA_CACHE_SIZE"] == "20Gi"
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["RAYLIGHT_DATA_CACHE"])
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["emptyDir"] == {"sizeLimit": "20Gi"}
 
 
 def test_defaults_are_not_part_of_a_run_identity() -> None:

@@ -19,7 +19,7 @@ import check  # noqa: E402  (bench/gpu/check.py, not a package)
 
 
 def test_the_dry_run_times_every_model_part_and_writes_its_report(tmp_path: Path) -> None:
-    done = subprocess.run([str(REPO / "bench" / "gpu" / "run"), "--cpu", "--parts", "vit,mlp,effnet,optim",
+    done = subprocess.run([str(REPO / "bench" / "gpu" / "run"), "--cpu", "--parts", "vit,mlp,effnet,optim,augment",
                            "--out", str(tmp_path)], env={**os.environ, "PYTHON": sys.executable},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -34,6 +34,9 @@ def test_the_dry_run_times_every_model_part_and_writes_its_report(tmp_path: Path
     assert ("compiled_ms" in report["mlp"][0]) is not bool(report["compile_problem"])
     assert report["effnet"]["channels_last_speedup"] > 0
     assert report["optim"]["fused_adamw_speedup"] > 0
+    augment = report["augment"]
+    assert augment["in_loader_images_per_s"] > 0 and augment["on_device_images_per_s"] > 0
+    assert "on the device x" in done.stdout
     assert "vit    vit-tiny" in done.stdout and "effnet" in done.stdout
 
 

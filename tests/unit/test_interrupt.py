@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from raylight_trainer import interrupt
+from raylight_trainer.procfs import all_pids, stat_fields
 
 
 def test_outside_a_graceful_stop_the_first_signal_stops_at_once_and_is_remembered() -> None:
@@ -78,9 +83,6 @@ def test_background_work_hands_back_its_value_or_its_error() -> None:
 
 
 def test_processes_started_with_ray_ignore_ctrl_c_and_the_drivers_handlers_come_back() -> None:
-    import subprocess
-    import sys
-
     with interrupt.handling_signals():
         with interrupt.starting_ray():
             # What ray.init does here: start processes (they inherit the ignored SIGINT), and take
@@ -90,3 +92,50 @@ def test_processes_started_with_ray_ignore_ctrl_c_and_the_drivers_handlers_come_
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         assert int(child.stdout) == signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is interrupt._on_signal
+
+
+EXITING_SCRIPT = """
+import atexit, os, pathlib, sys, time
+import ray
+from raylight_trainer.driver import exit_quickly
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+marker = pathlib.Path(sys.argv[1])
+
+def slow_exit_handler():  # runs before Ray's shutdown (exit handlers run last first)
+    marker.write_text("exiting")
+    time.sleep(60)
+
+atexit.register(slow_exit_handler)
+exit_quickly(0)
+"""
+
+
+def in_session(session: int) -> set[int]:
+    """The living processes of a session (a new session's processes keep it, orphans too)."""
+    return {pid for pid in all_pids()
+            if (fields := stat_fields(pid)) and fields[0] != "Z" and int(fields[3]) == session}
+
+
+def test_a_signal_while_the_process_exits_ends_it_at_once_and_its_ray_processes_with_it(tmp_path: Path) -> None:
+    """Ctrl-C again after a run was stopped, while its exit handlers run: no traceback from inside one,
+    the command's exit code, and no process of the embedded Ray left behind."""
+    marker = tmp_path / "exiting"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen([sys.executable, "-c", EXITING_SCRIPT, str(marker)], env=env,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the script's exit handler never ran"
+            time.sleep(0.1)
+        assert len(in_session(process.pid)) > 1, "Ray started no process"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "SIGINT while exiting: stopped at once" in stderr and "Traceback" not in stderr, stderr
+    time.sleep(1)  # a killed process is gone once its parent (Ray's raylet, or init) has reaped it
+    assert not in_session(process.pid), "Ray's processes outlived their driver"

@@ -151,6 +151,22 @@ def test_a_failed_run_says_the_root_cause_the_trainer_recorded() -> None:
     assert condition["message"] == "Job failed: FileNotFoundError: /data/pets does not exist"
 
 
+def test_a_run_that_failed_before_its_mlflow_run_says_the_drivers_error_without_the_log_tail() -> None:
+    """The driver explains a bad storage path or dataset before it opens any MLflow run: the root
+    cause is its error line, from the log tail Ray appends to a failed job's message."""
+    logs = ("Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n"
+            "TrainingJob refused: starting on the Ray cluster at 10.0.0.5:6379\n"
+            "error /etc/raylight/manifest.yaml: spec.cluster.storagePath: cannot keep the run's state at "
+            "s3://b/r: access denied (credentials from the Secret 'keys' (spec.cluster.storageSecret))\n")
+    failed = compute_status({"phase": "Running"}, seen(rayjob("Complete", "FAILED", message=logs)), "T")
+    assert failed["rootCause"].startswith("/etc/raylight/manifest.yaml: spec.cluster.storagePath: ")
+    assert failed["rootCause"].endswith("the Secret 'keys' (spec.cluster.storageSecret))")
+    condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert condition["message"] == f"Job entrypoint command failed with exit code 1: {failed['rootCause']}"
+    plain = compute_status({"phase": "Running"}, seen(rayjob("Complete", "FAILED", message="Job failed")), "T")
+    assert "rootCause" not in plain, "no log tail, no guess"
+
+
 def test_a_pod_stuck_being_created_says_the_kubelets_warning() -> None:
     scheduled = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-26T10:00:00Z"}]
     stuck = waiting_pod("head", "ContainerCreating")

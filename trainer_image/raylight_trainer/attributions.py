@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from raylight.api import InterpretabilitySpec, TrialSpec
 
 from .data import ImageData, load_data
+from .placement import ray_cluster_address
 from .tracking import root_cause
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class PendingAttributions:
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self.ref: Any = None
         self.future: Future[str] | None = None
-        if not os.environ.get("RAY_ADDRESS"):
+        if not ray_cluster_address():
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylight-attributions")
             # A copy: the driver goes on exporting the model while the thread runs it.
             self.future = pool.submit(log_attributions, copy.deepcopy(model).cpu(), spec.wire(), data_dir,

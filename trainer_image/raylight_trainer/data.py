@@ -17,9 +17,12 @@ from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2 as T
 
 from raylight.api import DataSpec
+from raylight.api.cluster import is_object_store
 
+from .dataset_cache import cached_dataset
 from .errors import DatasetError
 
+FILE_DATASETS = ("cifar10", "cifar100", "imagefolder")
 # The validation split must not depend on the trial's seed: trials are compared on it.
 SPLIT_SEED = 0
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -48,16 +51,18 @@ class ImageData:
 
 
 class TensorImages(Dataset):
-    """Images held in memory as a uint8 or float tensor (N, C, H, W), transformed per item."""
+    """Images held in memory as a uint8 tensor (N, C, H, W), transformed per item (or given as they
+    are, for a BatchTransform on the device)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: TensorTransform) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: TensorTransform | None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[index]), int(self.labels[index])
+        image = self.images[index]
+        return (self.transform(image) if self.transform is not None else image), int(self.labels[index])
 
 
 class Transformed(Dataset):
@@ -111,6 +116,55 @@ class TensorTransform:
         if self.flip and torch.rand(1).item() < 0.5:
             x = x.flip(-1)
         return x.contiguous()
+
+
+class BatchTransform:
+    """TensorTransform for a whole uint8 batch (B, C, H, W), on whatever device it is: the same
+    steps, with each image's own shift and flip (data.deviceAugmentation)."""
+
+    def __init__(self, per_image: TensorTransform) -> None:
+        self.size, self.pad, self.flip = per_image.size, per_image.pad, per_image.flip
+        self.mean, self.std = per_image.mean[None], per_image.std[None]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        count, device = len(images), images.device
+        shifts = torch.randint(0, 2 * self.pad + 1, (2, count), device=device)
+        flips = torch.rand(count, device=device) < 0.5
+        return self.apply(images, shifts[0], shifts[1], flips)
+
+    def apply(self, images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor,
+              flips: torch.Tensor) -> torch.Tensor:
+        """The batch transformed with the given shifts (pixels from the padded corner) and flips."""
+        x = images.to(torch.float32).div_(255.0)
+        size = self.size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, mode="replicate")
+            steps = torch.arange(size, device=x.device)
+            rows, cols = tops[:, None] + steps, lefts[:, None] + steps  # (B, size) each
+            batch = torch.arange(len(x), device=x.device)[:, None, None]
+            x = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if self.flip:
+            x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+        return x.contiguous()
+
+
+def for_device_augmentation(data: ImageData) -> tuple[ImageData, BatchTransform, BatchTransform] | None:
+    """The same datasets yielding untransformed uint8 images, and the transforms to apply to their
+    batches on the device (train, validation); None where the images are not held in memory."""
+    train, val = data.train, data.val
+    if not (isinstance(train, TensorImages) and isinstance(val, TensorImages)):
+        return None
+    if train.transform is None or val.transform is None:
+        return None
+    raw = ImageData(
+        train=TensorImages(train.images, train.labels, None), val=TensorImages(val.images, val.labels, None),
+        num_classes=data.num_classes, in_chans=data.in_chans, class_names=data.class_names, mean=data.mean,
+        std=data.std,
+    )
+    return raw, BatchTransform(train.transform), BatchTransform(val.transform)
 
 
 def load_digits(spec: DataSpec, image_size: int) -> ImageData:
@@ -274,7 +328,24 @@ def _resolve(path: str | None, data_dir: Path | None) -> Path:
     return candidate.resolve()
 
 
+def dataset_location(path: str, data_dir: str | Path | None) -> str:
+    """data.path as an object-store URI or an absolute local path: a relative path is resolved
+    against the data directory, which may itself be an object store (--data-dir s3://...)."""
+    if is_object_store(path):
+        return path
+    if data_dir is not None and is_object_store(str(data_dir)) and not Path(path).expanduser().is_absolute():
+        return f"{str(data_dir).rstrip('/')}/{path}"
+    return str(_resolve(path, Path(data_dir) if data_dir else None))
+
+
 def load_data(spec: DataSpec, image_size: int, data_dir: str | Path | None = None) -> ImageData:
+    location = dataset_location(spec.path, data_dir) if spec.path and spec.dataset in FILE_DATASETS else None
+    if location is not None and is_object_store(location):
+        local = cached_dataset(location)
+        try:
+            return load_data(spec.model_copy(update={"path": str(local)}), image_size)
+        except DatasetError as exc:  # its errors name the store's objects, not the cache's copies
+            raise DatasetError(str(exc).replace(str(local), location)) from exc
     base_dir = Path(data_dir) if data_dir else None
     if spec.dataset == "digits":
         return load_digits(spec, image_size)

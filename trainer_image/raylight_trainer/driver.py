@@ -24,8 +24,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from raylight.api import ManifestError, SpecError, TrainingJob, TuneSweep, read_manifests
+from raylight.api.cluster import is_object_store
 from raylight.api.manifest import no_resource_error
 
+from .placement import ray_cluster_address, storage_field
+from .storage import Storage
 from .summary import is_local_store
 
 if TYPE_CHECKING:  # the module itself imports torch and MLflow
@@ -68,8 +71,8 @@ def start_ray(num_cpus: int | None, verbose: bool) -> None:
 def _init_ray(num_cpus: int | None, verbose: bool) -> None:
     import ray
 
-    if os.environ.get("RAY_ADDRESS"):
-        # Inside a Ray cluster (a KubeRay RayJob sets RAY_ADDRESS): join it, start nothing.
+    if ray_cluster_address():
+        # Inside a RayJob's cluster: join it, start nothing.
         ray.init(log_to_driver=verbose)
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -87,6 +90,19 @@ def _init_ray(num_cpus: int | None, verbose: bool) -> None:
     )
 
 
+def storage_for(options: RunOptions) -> Storage:
+    """Where the run keeps its state: --storage-path (a directory or an s3:// or gs:// URI), else
+    ./raylight_results."""
+    return Storage.at(options.storage_path or Path.cwd() / "raylight_results")
+
+
+def _data_dir(option: str | None) -> str | None:
+    """--data-dir made absolute (Ray's workers run in other directories); an object store's URI as is."""
+    if not option:
+        return None
+    return option if is_object_store(option) else str(Path(option).resolve())
+
+
 def settings_for(options: RunOptions, spec_uri: str | None) -> RunSettings:
     from .runs import RunSettings
     from .tracking import local_store_uri
@@ -99,8 +115,8 @@ def settings_for(options: RunOptions, spec_uri: str | None) -> RunSettings:
     artifact_root = (workdir / "mlruns") if is_local_store(uri) else None
     return RunSettings(
         tracking_uri=uri,
-        storage_path=Path(options.storage_path or workdir / "raylight_results").resolve(),
-        data_dir=str(Path(options.data_dir).resolve()) if options.data_dir else None,
+        storage=storage_for(options),
+        data_dir=_data_dir(options.data_dir),
         artifact_root=artifact_root,
     )
 
@@ -127,6 +143,9 @@ def run_resource(resource: TrainingJob | TuneSweep, options: RunOptions, console
     """Run one resource to the end; return the machine-readable summary."""
     from . import timeline
 
+    # First: an object store that refuses the credentials or lacks the bucket fails in a second, with
+    # the URI and the Secret named, not in a trial's traceback minutes later.
+    storage_for(options).check_writable(storage_field())
     loading = _import_in_background(_LOADED_AFTER_RAY)
     timeline.mark("ray_init", trial="-")
     start_ray(options.num_cpus, options.verbose)
@@ -232,7 +251,12 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("file", help="manifest YAML (the same file kubectl apply takes)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
     run.add_argument("--data-dir", help="directory that relative data.path values are resolved against")
-    run.add_argument("--storage-path", help="checkpoints and sweep state (default: ./raylight_results)")
+    run.add_argument("--storage-path", help="checkpoints and sweep state: a directory, or s3://BUCKET/PREFIX "
+                     "(credentials from AWS_* variables) or gs://BUCKET/PREFIX (default: ./raylight_results)")
+    run.add_argument("--data-cache", help="where datasets read from object storage are copied "
+                     "(default: ~/.cache/raylight/datasets)")
+    run.add_argument("--data-cache-size", type=_quantity_argument,
+                     help="the most those copies may hold, e.g. 20Gi (default: 50Gi); the least recently used go")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("--output", "-o", choices=("text", "json"), default="text",
                      help="json: a machine-readable summary on stdout")
@@ -240,6 +264,26 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
     run.add_argument("--allow-failed-trials", action="store_true",
                      help="exit 0 when a sweep succeeded even though some of its trials failed")
+
+
+def _quantity_argument(value: str) -> str:
+    from raylight.api.cluster import quantity_bytes
+
+    try:
+        quantity_bytes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
+def _export_data_cache(args: argparse.Namespace) -> None:
+    """The dataset cache's settings, in the environment every Ray worker of a local run inherits."""
+    from raylight.api.pods import DATA_CACHE_ENV, DATA_CACHE_SIZE_ENV
+
+    if getattr(args, "data_cache", None):
+        os.environ[DATA_CACHE_ENV] = str(Path(args.data_cache).expanduser().resolve())
+    if getattr(args, "data_cache_size", None):
+        os.environ[DATA_CACHE_SIZE_ENV] = args.data_cache_size
 
 
 def print_errors(console: Console, errors: list[SpecError]) -> None:
@@ -266,6 +310,7 @@ def run_command(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri, data_dir=args.data_dir, storage_path=args.storage_path,
         num_cpus=args.num_cpus, fresh=args.fresh, verbose=args.verbose,
     )
+    _export_data_cache(args)
     from .interrupt import handling_signals
 
     summaries: list[dict[str, Any]] = []
@@ -285,22 +330,22 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_one(resource: TrainingJob | TuneSweep, options: RunOptions, args: argparse.Namespace,
              console: Console) -> tuple[dict[str, Any] | None, int]:
     """One resource's summary (printed), or None and the exit code when it could not run."""
-    from .errors import DatasetError
+    from .errors import DatasetError, StorageError
     from .interrupt import exit_code as interrupt_exit_code
     from .interrupt import received_signal, signal_name
     from .resources import ResourceError
     from .summary import print_summary
 
-    # Inside a RayJob (RAY_ADDRESS set by KubeRay) the run joins that cluster: say so.
-    where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") \
-        else "a local Ray instance"
+    address = ray_cluster_address()
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
     console.print(f"[bold]{resource.kind} {resource.metadata.name}[/bold]: starting on {where}")
     try:
         # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
         with contextlib.redirect_stdout(sys.stderr):
             summary = run_resource(resource, options, console)
-    except (ResourceError, DatasetError, RuntimeError) as exc:
-        console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}")
+    except (ResourceError, DatasetError, StorageError, RuntimeError) as exc:
+        # One line (no wrapping at the console's width): the operator finds it in the job's log tail.
+        console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}", soft_wrap=True)
         return None, EXIT_FAILED
     except KeyboardInterrupt:
         signum = received_signal() or signal.SIGINT
@@ -337,6 +382,9 @@ def exit_quickly(code: int) -> NoReturn:
     of it."""
     import atexit
 
+    from .interrupt import ending_at_once_on_a_signal
+
+    ending_at_once_on_a_signal(code)
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()

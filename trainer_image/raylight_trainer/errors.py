@@ -6,3 +6,8 @@ from __future__ import annotations
 
 class DatasetError(ValueError):
     """A dataset that is missing or malformed; the message names the path and the expected layout."""
+
+
+class StorageError(ValueError):
+    """Storage a run cannot use (an object store out of reach, a missing bucket, refused credentials);
+    the message names the URI and where the credentials came from."""

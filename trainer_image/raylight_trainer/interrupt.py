@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from .procfs import all_pids, stat_fields
+
 T = TypeVar("T")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -149,6 +151,42 @@ def finishing_up() -> Iterator[None]:
         yield
     finally:
         _state.graceful = None
+
+
+def ending_at_once_on_a_signal(code: int) -> None:
+    """For the process's last moments, once its command is over (Ray's shutdown, the logs' flushes):
+    a signal (Ctrl-C again, a pod's SIGTERM) ends it at once with the command's exit code, instead
+    of a KeyboardInterrupt raised inside an exit handler (a traceback, Ray's shutdown cut short and
+    its agents left running). The processes it started (a local Ray's) are killed first."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def end(signum: int, frame: Any) -> None:
+        sys.stderr.write(f"{signal_name(signum)} while exiting: stopped at once\n")
+        sys.stderr.flush()
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(code or exit_code(signum))
+
+    for signum in _SIGNALS:
+        signal.signal(signum, end)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process under pid, by the kernel's parent links (/proc; none where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for child in all_pids():
+        fields = stat_fields(child)
+        if fields and len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(child)
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        below = [child for parent in frontier for child in children.get(parent, []) if child not in found]
+        found.update(below)
+        frontier = below
+    return found
 
 
 def _drop_tunes_resume_hints(record: logging.LogRecord) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -87,6 +88,10 @@ class ImageClassifier(pl.LightningModule):
         })
         self.val_loss = MeanMetric()
         self.architecture, self.channels_last = architecture, False
+        # (train, validation) transforms of whole batches on the device, when the loaders give uint8
+        # images (data.deviceAugmentation); not a hyperparameter: checkpoints are the same either way.
+        self.batch_transforms: tuple[Callable[[torch.Tensor], torch.Tensor],
+                                     Callable[[torch.Tensor], torch.Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
         on_gpu = self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
@@ -108,10 +113,13 @@ class ImageClassifier(pl.LightningModule):
         return self.net(images)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        if self.batch_transforms is not None:  # data.deviceAugmentation: uint8 batches, transformed here
+            train, val = self.batch_transforms
+            images = (train if self.trainer.training else val)(images)
         if self.channels_last:
-            images, labels = batch
-            return images.contiguous(memory_format=torch.channels_last), labels
-        return batch
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

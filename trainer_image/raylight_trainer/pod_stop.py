@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raylight.api.pods import DRIVER_PID_FILE, DRIVER_PID_FILE_ENV
+from raylight_trainer.procfs import stat_fields
 
 POLL_SECONDS = 0.5
 DASHBOARD_PORT = 8265
@@ -65,11 +66,8 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie (exited, not yet reaped by its parent) has stopped all the same.
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def wait_until(done: Callable[[], bool], deadline: float) -> bool:

@@ -219,16 +219,21 @@ def kept_output(artifact_name: str, tracking_uri: str | None = None, run_id: str
     tee, keeper = OutputTee(path), LogKeeper(path, artifact_name)
     tee.start()
     keeper.tee = tee
+    failure = ""
     try:
         if tracking_uri and run_id:
             keeper.attach(tracking_uri, run_id)
         yield keeper
     except Exception:
-        traceback.print_exc()
+        failure = traceback.format_exc()
         raise
     finally:
         keeper.tee = None
-        tee.stop()
+        tee.stop()  # what was written before (buffered stdout included) is in the copy now
+        if failure:  # after it, and last: not raced by lines still in the pipes
+            _write_all(2, failure.encode())
+            with contextlib.suppress(OSError), open(path, "ab") as copy:
+                copy.write(failure.encode())
         keeper.close()
         with contextlib.suppress(OSError):
             path.unlink()

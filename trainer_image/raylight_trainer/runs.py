@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import shutil
+import posixpath
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from .attributions import PendingAttributions
 from .interrupt import finishing_up, in_background_thread, received_signal, signal_name
 from .resources import check_fits
 from .run_logs import keep_driver_log
+from .storage import Storage
 from .tracking import (
     TAG_STATE,
     ensure_experiment,
@@ -40,13 +43,15 @@ from .tracking import (
 )
 from .train import REPORTED_METRICS, build_trainer, input_shape, load_checkpoint_model, model_card, trial_part
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RunSettings:
     """Where a run keeps its state: MLflow, Ray storage (checkpoints, Tune state), datasets."""
 
     tracking_uri: str
-    storage_path: Path
+    storage: Storage
     data_dir: str | None = None
     artifact_root: Path | None = None  # set for local (file/SQLite) MLflow stores
 
@@ -83,34 +88,27 @@ def spec_hash(spec: BaseModel) -> str:
     return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def claim_run_dir(run_dir: Path, digest: str, fresh: bool, uid: str | None = None) -> dict[str, Any]:
+def claim_run_dir(run_dir: Storage, digest: str, fresh: bool, uid: str | None = None) -> dict[str, Any]:
     """The saved state of an interrupted run of the same spec, to resume; else {}.
 
     A finished run, a changed spec, another resource of the same name (a deleted and re-created
     one: its uid differs, and the operator finds runs by uid) or `fresh` starts over: earlier
     results are moved aside (kept, never mixed with the new run's).
     """
-    state_path = run_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    text = (run_dir / STATE_FILE).read_text()
+    state = json.loads(text) if text else {}
     same_resource = uid is None or state.get("uid") in (None, uid)
     if state.get("spec_hash") == digest and not state.get("finished") and not fresh and same_resource:
         return dict(state)
-    if run_dir.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = run_dir.with_name(f"{run_dir.name}.{stamp}")
-        counter = 1
-        while target.exists():
-            counter += 1
-            target = run_dir.with_name(f"{run_dir.name}.{stamp}-{counter}")
-        shutil.move(str(run_dir), str(target))
+    run_dir.move_aside()
     return {}
 
 
-def save_state(run_dir: Path, **values: Any) -> None:
-    state_path = run_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({**state, **values}))
+def save_state(run_dir: Storage, **values: Any) -> None:
+    state_file = run_dir / STATE_FILE
+    text = state_file.read_text()
+    state = json.loads(text) if text else {}
+    state_file.write_text(json.dumps({**state, **values}))
 
 
 def set_final(client: MlflowClient, run_id: str, status: str) -> None:
@@ -123,15 +121,22 @@ def resumed_run(client: MlflowClient, run_id: str) -> None:
         client.delete_tag(run_id, TAG_INTERRUPTED)
 
 
-def best_checkpoint_model(run_dir: Path, metric: str, mode: str) -> torch.nn.Module | None:
-    """The model at the best checkpoint of a Ray Train run directory (None if it kept none)."""
+def train_result(run_dir: Storage) -> ray.train.Result | None:
+    """Ray Train's record of a run directory: its checkpoints and their metrics (None if none)."""
     from ray.train import Result
 
     if not run_dir.exists():
         return None
     try:
-        result = Result.from_path(str(run_dir))
+        return Result.from_path(run_dir.path, storage_filesystem=run_dir.ray_filesystem)
     except Exception:
+        return None
+
+
+def best_checkpoint_model(result: ray.train.Result | None, metric: str, mode: str) -> torch.nn.Module | None:
+    """The model at the best checkpoint of a Ray Train run's record (None if it kept none); from an
+    object store, the checkpoint is downloaded to a temporary directory first."""
+    if result is None:
         return None
     candidates = [(ckpt, m) for ckpt, m in (result.best_checkpoints or []) if metric in m]
     if not candidates:
@@ -142,6 +147,35 @@ def best_checkpoint_model(run_dir: Path, metric: str, mode: str) -> torch.nn.Mod
         return load_checkpoint_model(directory)
 
 
+def prune_unrecorded_checkpoints(run_dir: Storage, result: ray.train.Result | None) -> list[str]:
+    """Delete the checkpoints of a finished Ray Train run that its record (`train_result(run_dir)`)
+    does not list; their names.
+
+    Ray Train's controller learns of a worker's checkpoint by polling it (every few seconds). A
+    worker that dies takes the reports not yet collected with it: their checkpoints were uploaded,
+    but are never counted against checkpointsToKeep nor deleted, so every failure could leave some
+    behind for good. Only for a run that ended well: nothing resumes from them."""
+    from pyarrow.fs import FileSelector, FileType
+
+    if result is None:
+        return []
+    recorded = {posixpath.normpath(ckpt.path) for ckpt, _ in result.best_checkpoints or []}
+    if result.checkpoint is not None:
+        recorded.add(posixpath.normpath(result.checkpoint.path))
+    if not recorded:
+        return []  # a record without checkpoints: not one to judge the directory by
+    filesystem, pruned = run_dir.filesystem, []
+    try:
+        for info in filesystem.get_file_info(FileSelector(run_dir.path, allow_not_found=True)):
+            if (info.type == FileType.Directory and info.base_name.startswith("checkpoint_")
+                    and posixpath.normpath(info.path) not in recorded):
+                filesystem.delete_dir(info.path)
+                pruned.append(info.base_name)
+    except OSError as exc:  # only space: the run's results stand without it
+        log.warning("could not delete the unrecorded checkpoints under %s: %s", run_dir, exc)
+    return pruned
+
+
 def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = False) -> JobResult:
     """Train one TrainingJob on the connected Ray cluster, tracked in MLflow.
 
@@ -149,7 +183,7 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
     started = time.monotonic()
     spec, name, namespace = job.spec, job.metadata.name, job.metadata.namespace
     check_fits(spec, ray.cluster_resources(), _node_resources())
-    run_dir = settings.storage_path / namespace / name
+    run_dir = settings.storage / namespace / name
     digest = spec_hash(spec)
     saved = claim_run_dir(run_dir, digest, fresh, job.metadata.uid)
     client = MlflowClient(settings.tracking_uri)
@@ -170,9 +204,9 @@ def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = Fals
         log_params(client, run_id, flatten(resolved))
         log_yaml(client, run_id, job.model_dump(mode="json", by_alias=True, exclude_none=True), "trainingjob.yaml")
     trainer = build_trainer(
-        spec, spec.objective, name="train", storage_path=run_dir,
+        spec, spec.objective, name="train", storage=run_dir,
         tracking_uri=settings.tracking_uri, run_id=run_id, data_dir=settings.data_dir,
-        wandb=with_run(wandb_settings(spec, run_dir / "wandb"), run_id, name, flatten(resolved)),
+        wandb=with_run(wandb_settings(spec, local_dir(run_dir) / "wandb"), run_id, name, flatten(resolved)),
     )
     error: str | None = None
     try:
@@ -198,7 +232,7 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
                          run_id: str, error: str | None, started: float) -> JobResult:
     """After the training: the best model logged, the run ended with its state."""
     spec, name, namespace = job.spec, job.metadata.name, job.metadata.namespace
-    run_dir = settings.storage_path / namespace / name
+    run_dir = settings.storage / namespace / name
     experiment_name = spec.mlflow.experiment or name
     metric, mode = spec.objective.metric, spec.objective.mode
     history = {key: metric_history(client, run_id, key) for key in REPORTED_METRICS if key != "lr"}
@@ -207,7 +241,10 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
     best_value = (max(values) if mode == "max" else min(values)) if values else None
     model_uri = attributions_uri = None
     if error is None:
-        model = best_checkpoint_model(run_dir / "train", metric, mode)
+        train_dir = run_dir / "train"
+        record = train_result(train_dir)  # read once: what to prune, and the best checkpoint
+        prune_unrecorded_checkpoints(train_dir, record)
+        model = best_checkpoint_model(record, metric, mode)
         if model is not None:
             pending = PendingAttributions(model, trial_part(spec), settings.data_dir, settings.tracking_uri, run_id) \
                 if spec.interpretability.enabled and received_signal() is None else None  # not when asked to stop
@@ -230,6 +267,15 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
         metrics=last, model_uri=model_uri, error=error, wall_seconds=time.monotonic() - started,
         attributions_uri=attributions_uri,
     )
+
+
+def local_dir(storage: Storage) -> Path:
+    """A local directory for what must stay on a disk (W&B's files): the storage's own directory, or
+    for an object store one under the system's temporary directory named after the run."""
+    local = storage.local_path()
+    if local is not None:
+        return local
+    return Path(tempfile.gettempdir()) / "raylight" / storage.path
 
 
 def with_run(wandb: dict[str, Any] | None, run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any] | None:

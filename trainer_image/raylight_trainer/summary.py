@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+from .placement import ray_cluster_address
 
 
 def is_local_store(uri: str) -> bool:
@@ -25,9 +26,9 @@ def print_interrupted(summary: dict[str, Any], console: Console) -> None:
                  f"(their last checkpoints kept), {unstarted} not started")
     else:
         where = f"after {summary['epochs']} epoch(s) (its last checkpoint kept)"
-    # In a RayJob's pod (KubeRay sets RAY_ADDRESS) the signal came from Kubernetes stopping the pods.
+    # In a RayJob's pod the signal came from Kubernetes stopping the pods.
     resume = ("It resumes from there when its Ray cluster starts again (a suspended resource: spec.suspend "
-              "back to false)" if os.environ.get("RAY_ADDRESS") else "Run the same command to resume it")
+              "back to false)" if ray_cluster_address() else "Run the same command to resume it")
     console.print(f"[yellow]interrupted[/yellow] by {summary['interrupted']}: {where}. "
                   f"{resume} (MLflow: {summary['mlflow']['trackingUri']}).", soft_wrap=True)
 

@@ -8,7 +8,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -29,12 +28,16 @@ from .runs import (
     RunSettings,
     best_checkpoint_model,
     claim_run_dir,
+    local_dir,
+    prune_unrecorded_checkpoints,
     resumed_run,
     save_state,
     set_final,
     spec_hash,
+    train_result,
     with_run,
 )
+from .storage import Storage
 from .sweep_progress import ProgressReporter, trial_error, trial_state, write_progress
 from .timeline_hooks import TrialEvents
 from .tracking import (
@@ -80,7 +83,7 @@ class TrialContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    storage_path: str
+    storage_uri: str  # where the trials' Ray Train runs keep their checkpoints: a directory or an object store
     data_dir: str | None
     wandb: dict[str, Any] | None = None  # W&B settings shared by every trial (id, name, config are per trial)
 
@@ -114,12 +117,15 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         fit_in_trial(worker_config(spec, objective, tracking_uri=context.tracking_uri, run_id=run_id,
                                    data_dir=context.data_dir, wandb=wandb, extra={"trial": trial_id}))
         return
+    storage = Storage(context.storage_uri)
     trainer = build_trainer(
-        spec, objective, name=f"trial-{trial_id}", storage_path=Path(context.storage_path),
+        spec, objective, name=f"trial-{trial_id}", storage=storage,
         tracking_uri=context.tracking_uri, run_id=run_id, data_dir=context.data_dir,
         callbacks=[TuneReportCallback()], wandb=wandb, extra={"trial": trial_id},
     )
     trainer.fit()
+    trial_dir = storage / f"trial-{trial_id}"
+    prune_unrecorded_checkpoints(trial_dir, train_result(trial_dir))
 
 
 @dataclass
@@ -172,10 +178,11 @@ def run_sweep(
         )
     concurrency = concurrency_that_fits(spec.trial, ray.cluster_resources(), spec.max_concurrent_trials,
                                         spec.num_samples)
-    experiment_dir = settings.storage_path / namespace / name
+    experiment_dir = settings.storage / namespace / name
     digest = spec_hash(sweep.spec)
     state = claim_run_dir(experiment_dir, digest, fresh, sweep.metadata.uid)
-    resumable = bool(state) and tune.Tuner.can_restore(str(experiment_dir))
+    resumable = bool(state) and tune.Tuner.can_restore(experiment_dir.path,
+                                                        storage_filesystem=experiment_dir.ray_filesystem)
 
     client = MlflowClient(settings.tracking_uri)
     experiment_name = spec.mlflow.experiment or name
@@ -212,9 +219,9 @@ def run_sweep(
         tracking_uri=settings.tracking_uri,
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
-        storage_path=str(experiment_dir / "trials"),
+        storage_uri=(experiment_dir / "trials").uri,
         data_dir=settings.data_dir,
-        wandb=wandb_settings(spec, experiment_dir / "wandb", group=name),
+        wandb=wandb_settings(spec, local_dir(experiment_dir) / "wandb", group=name),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
                                     functools.partial(trial_resources, base_trial=spec.trial.wire()))
@@ -223,8 +230,8 @@ def run_sweep(
                                 metric, mode)
     callbacks = [*(callbacks or []), reporter, *([TrialEvents()] if timeline.enabled() else [])]
     if resumable:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
+        tuner = tune.Tuner.restore(experiment_dir.path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False, storage_filesystem=experiment_dir.ray_filesystem)
     else:
         if spec.scheduler.asha is not None:
             asha = spec.scheduler.asha
@@ -246,7 +253,8 @@ def run_sweep(
                 reuse_actors=trains_in_trial(spec.trial),
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(experiment_dir.parent), callbacks=callbacks, verbose=0,
+                name=name, storage_path=experiment_dir.parent.path,
+                storage_filesystem=experiment_dir.parent.ray_filesystem, callbacks=callbacks, verbose=0,
                 # Trials that train in their own process are Tune's to checkpoint and retry; the
                 # others' worker groups are Ray Train's (their TorchTrainer has the same settings).
                 checkpoint_config=tune.CheckpointConfig(
@@ -281,14 +289,15 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
     """After Tune: the trials' outcomes, their runs ended, then the best model and the final counts
     (or, for an interrupted sweep, its parent run KILLED, waiting for the resume)."""
     spec, name, namespace = sweep.spec, sweep.metadata.name, sweep.metadata.namespace
-    experiment_dir = settings.storage_path / namespace / name
+    experiment_dir = settings.storage / namespace / name
     experiment_name = spec.mlflow.experiment or name
     metric, mode = spec.objective.metric, spec.objective.mode
     result = SweepResult(name=name, namespace=namespace, tracking_uri=settings.tracking_uri,
                          experiment_id=experiment_id, experiment_name=experiment_name,
                          parent_run_id=parent_run_id, resumed=resumed, max_concurrent_trials=concurrency)
     # Read once: the outcomes and, for trials that trained in their own process, the best checkpoints.
-    analysis = tune.ExperimentAnalysis(str(experiment_dir), default_metric=metric, default_mode=mode)
+    analysis = tune.ExperimentAnalysis(experiment_dir.path, default_metric=metric, default_mode=mode,
+                                       storage_filesystem=experiment_dir.ray_filesystem)
     result.trials = _outcomes(analysis, spec.max_t(), metric, mode)
     timeline.mark("outcomes_read", trial="-")
     _finish_child_runs(client, experiment_id, parent_run_id, result.trials, spec.max_t(), metric, mode)
@@ -339,7 +348,7 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
     return result
 
 
-def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experiment_dir: Path, analysis: Any,
+def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experiment_dir: Storage, analysis: Any,
                         settings: RunSettings, metric: str, mode: str) -> list[tuple[TrialOutcome, Any]]:
     """Integrated-gradients pictures, started: the best trial's, and every finished trial's if asked."""
     wanted = spec.trial.interpretability
@@ -361,10 +370,10 @@ def _start_attributions(result: SweepResult, best_model: Any, spec: Any, experim
     return pending
 
 
-def _trial_model(experiment_dir: Path, analysis: Any, trial_id: str, metric: str, mode: str) -> Any:
+def _trial_model(experiment_dir: Storage, analysis: Any, trial_id: str, metric: str, mode: str) -> Any:
     """The model at a trial's best checkpoint: kept by Ray Train for a trial that drove a worker
     group, by Tune for one that trained in its own process (None if it kept none)."""
-    model = best_checkpoint_model(experiment_dir / "trials" / f"trial-{trial_id}", metric, mode)
+    model = best_checkpoint_model(train_result(experiment_dir / "trials" / f"trial-{trial_id}"), metric, mode)
     if model is not None:
         return model
     trial = next((t for t in analysis.trials if t.trial_id == trial_id), None)

@@ -14,6 +14,8 @@ import os
 import time
 from typing import Any
 
+from .procfs import stat_fields
+
 TIMELINE_ENV = "RAYLIGHT_TIMELINE"
 _trial: dict[str, str | None] = {"id": None}
 
@@ -42,9 +44,11 @@ def mark_process_start(event: str) -> None:
     first mark was process start-up and imports."""
     if not enabled():
         return
-    try:  # Linux: the start time in clock ticks after boot (field 22 of /proc/self/stat)
-        with open("/proc/self/stat", encoding="ascii") as stat:
-            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    fields = stat_fields()  # Linux: the start time in clock ticks after boot (field 22 of /proc/self/stat)
+    if not fields:
+        return
+    try:
+        ticks = int(fields[19])
         with open("/proc/stat", encoding="ascii") as system:
             boot = next(int(line.split()[1]) for line in system if line.startswith("btime"))
     except (OSError, ValueError, IndexError, StopIteration):

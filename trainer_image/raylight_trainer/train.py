@@ -21,10 +21,11 @@ from raylight.api import ObjectiveSpec, TrialSpec
 from raylight.api.tags import worker_log
 
 from . import timeline
-from .data import load_data
+from .data import for_device_augmentation, load_data
 from .model import ModelConfig, config_from_spec
 from .module import ImageClassifier
 from .run_logs import LogKeeper, kept_output, say
+from .storage import Storage
 from .timeline_hooks import EpochMarks
 from .tracking import MlflowEpochLogger, WandbEpochLogger
 
@@ -165,11 +166,17 @@ def fit_worker(worker: WorkerConfig, path: TrainingPath, keeper: LogKeeper | Non
 
     image_size = int(spec.model.resolved()["image_size"])
     data = load_data(spec.data, image_size, worker.data_dir)
+    on_device = for_device_augmentation(data) if spec.data.device_augmentation else None
+    if spec.data.device_augmentation and on_device is None:
+        say(f"data.deviceAugmentation: {spec.data.dataset} reads image files, so its images are transformed "
+            "in the loaders")
     timeline.mark("data_loaded")
     model_cfg: ModelConfig = config_from_spec(spec.model, data.num_classes, data.in_chans)
-    train_loader, val_loader = build_loaders(spec, data, path)
+    train_loader, val_loader = build_loaders(spec, on_device[0] if on_device else data, path)
     module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump(),
                              architecture=spec.model.architecture, class_names=list(data.class_names))
+    if on_device is not None:
+        module.batch_transforms = on_device[1], on_device[2]
 
     say(f"worker {path.rank + 1}/{path.world_size} on {socket.gethostname()}: {spec.data.dataset}, "
         f"{len(data.train)} training and {len(data.val)} validation images, "  # type: ignore[arg-type]
@@ -290,7 +297,7 @@ def build_trainer(
     objective: ObjectiveSpec,
     *,
     name: str,
-    storage_path: Path,
+    storage: Storage,
     tracking_uri: str | None,
     run_id: str | None,
     data_dir: str | None,
@@ -298,7 +305,7 @@ def build_trainer(
     wandb: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> TorchTrainer:
-    """A TorchTrainer for one run; its storage (checkpoints) lives at storage_path/name."""
+    """A TorchTrainer for one run; its checkpoints live at storage/name (a directory or an object store)."""
     worker = worker_config(spec, objective, tracking_uri=tracking_uri, run_id=run_id, data_dir=data_dir,
                            wandb=wandb, extra=extra)
     resources = spec.resources
@@ -315,7 +322,8 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage_path),
+            storage_path=storage.path,
+            storage_filesystem=storage.ray_filesystem,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.fault_tolerance.checkpoints_to_keep,
                 checkpoint_score_attribute=objective.metric,

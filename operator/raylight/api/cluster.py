@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
@@ -12,6 +13,27 @@ from .base import SpecModel
 # Kubernetes resource quantities (e.g. 500m, 2, 1.5, 8Gi, 512Mi).
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 QUANTITY_PATTERN = _QUANTITY.pattern
+
+
+# The object stores a storagePath or data.path may name: the operator accepts them, the trainer reads them.
+OBJECT_STORE_SCHEMES = ("s3", "gs")
+
+
+def is_object_store(uri: str) -> bool:
+    return urlparse(uri).scheme in OBJECT_STORE_SCHEMES
+
+
+_SUFFIX_FACTORS = {"": 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                   "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_bytes(value: str) -> int:
+    """A Kubernetes quantity (8Gi, 500M, 1e9 is not one) as a whole number."""
+    match = _QUANTITY.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500Mi, 8Gi)")
+    number = value[: len(value) - len(match.group(2) or "")]
+    return int(float(number) * _SUFFIX_FACTORS[match.group(2) or ""])
 
 
 def _check_quantity(value: str | None) -> str | None:
@@ -85,6 +107,20 @@ class SecretRef(SpecModel):
     """Secret name."""
 
 
+class DataCacheSpec(SpecModel):
+    """The local copy of datasets read from object storage (data.path s3://...): an emptyDir volume
+    of each Ray pod, so a pod's training workers fetch a dataset once (one pod per GPU node with
+    gpusPerPod), and a resumed or retried trial in it reads the copy."""
+
+    size: str = Field(default="50Gi", max_length=32, json_schema_extra={"pattern": QUANTITY_PATTERN})
+    """The volume's sizeLimit; datasets used least recently are evicted to stay under it, and one
+    larger than this fails with a message that names this field."""
+    medium: Literal["", "Memory"] = ""
+    """Memory: a tmpfs, counted against the pod's memory (for nodes whose disks are slow)."""
+
+    _quantities = field_validator("size")(_check_quantity)
+
+
 class ClusterSpec(SpecModel):
     """The Ray cluster on Kubernetes that runs this resource (KubeRay RayJob); ignored by `raylight run`."""
 
@@ -111,9 +147,17 @@ class ClusterSpec(SpecModel):
     data_dir: str = Field(default="/data", min_length=1, max_length=1024)
     """Directory that relative data.path values are resolved against (mount your dataset volume here)."""
     storage_path: str | None = Field(default=None, min_length=1, max_length=1024)
-    """Where checkpoints and sweep state go: a path under the mountPath of a ReadWriteMany volume
-    (a PersistentVolumeClaim, NFS, ...) in volumes/volumeMounts. Required on a cluster: the Ray
-    head and every worker pod read and write it, and it outlives them (suspend, resume, retries)."""
+    """Where checkpoints and sweep state go, read and written by the Ray head and every worker pod
+    and outliving them (suspend, resume, retries). Required on a cluster. Either an object store,
+    s3://BUCKET/PREFIX (credentials from storageSecret) or gs://BUCKET/PREFIX, or a path under the
+    mountPath of a ReadWriteMany volume (a PersistentVolumeClaim, NFS, ...) in volumes/volumeMounts."""
+    storage_secret: SecretRef | None = None
+    """Secret whose keys become the Ray pods' environment, as the AWS SDKs read it, for an s3://
+    storagePath or data.path: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL (a store
+    other than AWS, e.g. one in the cluster), AWS_REGION. Not needed where serviceAccountName
+    grants the access (IRSA, workload identity)."""
+    data_cache: DataCacheSpec = Field(default_factory=DataCacheSpec)
+    """The pods' local copy of datasets read from object storage."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the run after this many seconds."""
     backoff_limit: int = Field(default=0, ge=0, le=100)

@@ -163,6 +163,11 @@ class DataSpec(SpecModel):
     loader_workers: int | None = Field(default=None, ge=0, le=64)
     """DataLoader worker processes per training worker; 0 loads in the training process (default:
     the worker's whole CPUs, resources.cpusPerWorker, less the one that trains, at most 8)."""
+    device_augmentation: bool = False
+    """Resize, shift, flip and normalise whole batches on the training device (the GPU) instead of
+    image by image in the loaders, which then only gather uint8 images (a quarter of the bytes to
+    copy). For datasets held in memory (digits, cifar10, cifar100, synthetic); ImageFolder decodes
+    files and keeps its transforms in the loaders. Off until the GPU check (bench/gpu) shows it wins."""
 
     @model_validator(mode="after")
     def _check_path(self) -> DataSpec:

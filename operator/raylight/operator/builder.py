@@ -11,12 +11,23 @@ import math
 import shlex
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
 from raylight.api import API_VERSION, TuneSweep
+from raylight.api.cluster import OBJECT_STORE_SCHEMES
 from raylight.api.manifest import Resource
-from raylight.api.pods import DRIVER_PID_FILE, DRIVER_PID_FILE_ENV, POD_STOP_MODULE, RAY_SHUTDOWN_SECONDS
+from raylight.api.pods import (
+    DATA_CACHE_ENV,
+    DATA_CACHE_SIZE_ENV,
+    DRIVER_PID_FILE,
+    DRIVER_PID_FILE_ENV,
+    POD_STOP_MODULE,
+    RAY_SHUTDOWN_SECONDS,
+    RUN_BY_OPERATOR_ENV,
+    STORAGE_SECRET_ENV,
+)
 
 # The Ray version of the trainer image (pyproject pins ray to it): KubeRay needs it to shape pods.
 RAY_VERSION = "2.60.0"
@@ -213,8 +224,13 @@ def _quantity(cpus: float) -> str:
 # Volume sources that several pods, on several nodes, can mount at once and write to. Anything
 # else (emptyDir, hostPath, a ConfigMap) is each pod's or node's own copy.
 SHARED_VOLUME_SOURCES = ("persistentVolumeClaim", "nfs", "cephfs", "glusterfs", "azureFile", "csi")
-_STORAGE_HELP = ("mount a ReadWriteMany volume (a PersistentVolumeClaim or NFS, in spec.cluster.volumes "
-                 "and volumeMounts) and set storagePath to a directory on it; see examples/cluster-quickstart.yaml")
+_STORAGE_HELP = ("set storagePath to an object store, s3://BUCKET/PREFIX with storageSecret, or mount a "
+                 "ReadWriteMany volume (a PersistentVolumeClaim or NFS, in spec.cluster.volumes and volumeMounts) "
+                 "and set storagePath to a directory on it; see examples/cluster-quickstart.yaml (a volume) and "
+                 "examples/storage/cluster-quickstart-s3.yaml (an object store)")
+# Each Ray pod's copy of the datasets it reads from object storage (spec.cluster.dataCache).
+DATA_CACHE_VOLUME = "raylight-data-cache"
+DATA_CACHE_DIR = "/var/cache/raylight/datasets"
 
 
 def shared_storage_path(resource: Resource) -> str:
@@ -228,6 +244,14 @@ def shared_storage_path(resource: Resource) -> str:
     if path is None:
         raise BuildError("spec.cluster.storagePath",
                          f"required on a cluster (checkpoints and sweep state): {_STORAGE_HELP}")
+    if "://" in path:
+        uri = urlparse(path)
+        if uri.scheme not in OBJECT_STORE_SCHEMES:
+            raise BuildError("spec.cluster.storagePath", f"{path!r}: {uri.scheme}:// is not a store Raylight "
+                             f"reads; {_STORAGE_HELP}")
+        if not uri.netloc:
+            raise BuildError("spec.cluster.storagePath", f"{path!r} names no bucket: write {uri.scheme}://BUCKET/PREFIX")
+        return path  # every pod reaches the store itself
     if not path.startswith("/"):
         raise BuildError("spec.cluster.storagePath", f"{path!r} must be an absolute path in the pods; {_STORAGE_HELP}")
 
@@ -278,10 +302,20 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     storage_path = shared_storage_path(resource)
     shape = worker_shape(resource)
 
-    secrets = [spec.mlflow.secret_ref, spec.tracking.wandb.secret_ref if spec.tracking.wandb else None]
+    secrets = [cluster.storage_secret, spec.mlflow.secret_ref,
+               spec.tracking.wandb.secret_ref if spec.tracking.wandb else None]
     names = list(dict.fromkeys(ref.name for ref in secrets if ref is not None))  # once each, in order
     env_from = [{"secretRef": {"name": name}} for name in names]
     user_mounts = [m.wire() for m in cluster.volume_mounts]
+    cache_volume: dict[str, Any] = {"name": DATA_CACHE_VOLUME, "emptyDir": {"sizeLimit": cluster.data_cache.size}}
+    if cluster.data_cache.medium:
+        cache_volume["emptyDir"]["medium"] = cluster.data_cache.medium
+    ray_mounts = [*user_mounts, {"name": DATA_CACHE_VOLUME, "mountPath": DATA_CACHE_DIR}]
+    ray_volumes = [*cluster.volumes, cache_volume]
+    ray_env = [{"name": RUN_BY_OPERATOR_ENV, "value": "true"}, {"name": DATA_CACHE_ENV, "value": DATA_CACHE_DIR},
+               {"name": DATA_CACHE_SIZE_ENV, "value": cluster.data_cache.size}]
+    if cluster.storage_secret is not None:
+        ray_env.append({"name": STORAGE_SECRET_ENV, "value": cluster.storage_secret.name})
 
     grace = cluster.termination_grace_period_seconds
     def container(role: str, resources: dict[str, str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -290,6 +324,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
             "image": image,
             "resources": {"requests": resources, "limits": resources},
             "volumeMounts": mounts,
+            "env": list(ray_env),
             # A crashing container's last log lines land in its status, where the operator
             # reads them to explain the failure (no log access needed).
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -320,8 +355,8 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         {"path": MANIFEST_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{MANIFEST_ANNOTATION}']"}}]}}
     head = pod(
         "head",
-        [stopping_gracefully(container("head", head_resources, [manifest_mount, *user_mounts]), "driver", grace)],
-        [manifest_volume, *cluster.volumes],
+        [stopping_gracefully(container("head", head_resources, [manifest_mount, *ray_mounts]), "driver", grace)],
+        [manifest_volume, *ray_volumes],
         {},
         {MANIFEST_ANNOTATION: _yaml(trainer_manifest(resource, settings))},
     )
@@ -338,8 +373,8 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
         placement["affinity"] = cluster.affinity
     # NCCL between the GPUs of a pod needs more /dev/shm than a container's 64 MiB: KubeRay mounts
     # a memory-backed one, as large as the container's memory, in every Ray pod.
-    worker_container = stopping_gracefully(container("worker", worker_resources, user_mounts), "workers", grace)
-    worker = pod("worker", [worker_container], list(cluster.volumes), placement)
+    worker_container = stopping_gracefully(container("worker", worker_resources, ray_mounts), "workers", grace)
+    worker = pod("worker", [worker_container], list(ray_volumes), placement)
 
     # A sweep some of whose trials failed still succeeded (its status counts them): the RayJob
     # fails only when the run does.

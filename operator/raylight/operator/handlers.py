@@ -67,7 +67,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if memo.elector is not None:
         memo.elector.start()
     if getattr(memo, "metrics_port", None):
-        metrics.serve(memo.metrics_port)
+        metrics.serve(memo.metrics_port, memo.cache.resource_keys)
 
 
 @kopf.on.cleanup()
@@ -99,7 +99,7 @@ async def resource_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_
         return
     key = memo.cache.put_resource(body)
     status = body.get("status") or {}
-    metrics.set_phase(key, status.get("phase") or "Pending")
+    metrics.first_phase(key, status.get("phase") or "Pending")
     if type == "MODIFIED" and memo.cache.is_own_write(key, body):
         return
     # A user's create or spec change goes ahead of status writes and resyncs.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, start_http_server
@@ -16,32 +16,49 @@ from .progress import requests_made
 RECONCILES = Counter("raylight_reconciles", "Reconciles of TrainingJobs and TuneSweeps", ["kind"])
 ERRORS = Counter("raylight_reconcile_errors", "Reconciles that ended in an error", ["kind", "reason"])
 
-# (kind, namespace, name) -> phase, written by the watch handlers, read by Prometheus' thread:
-# both under the lock, and the scrape counts a copy.
-_PHASES: dict[tuple[str, str, str], str] = {}
+Key = tuple[str, str, str]
+
+# (kind, namespace, name) -> the phase its last reconcile computed. Written by the reconcilers and
+# (for a resource no reconcile has seen yet) the watch handlers, read by Prometheus' thread: all
+# under the lock, and the scrape counts a copy.
+_PHASES: dict[Key, str] = {}
 _PHASES_LOCK = threading.Lock()
 
 
-def set_phase(key: tuple[str, str, str], phase: str) -> None:
+def set_phase(key: Key, phase: str) -> None:
+    """The phase a reconcile computed: the status the operator writes, the gauge's truth."""
     with _PHASES_LOCK:
         _PHASES[key] = phase
 
 
-def drop_phase(key: tuple[str, str, str]) -> None:
+def first_phase(key: Key, phase: str) -> None:
+    """The phase a watch event shows, kept only until a reconcile computes one. A watch event
+    can arrive seconds after a later status write: it must not take the gauge back."""
+    with _PHASES_LOCK:
+        _PHASES.setdefault(key, phase)
+
+
+def drop_phase(key: Key) -> None:
     with _PHASES_LOCK:
         _PHASES.pop(key, None)
 
 
-def phase_counts() -> dict[tuple[str, str], int]:
+def phase_counts(live: Iterable[Key]) -> dict[tuple[str, str], int]:
+    """The `live` resources (those that exist) by (kind, phase): a reconcile that ended after a
+    resource's deletion must not count it."""
     with _PHASES_LOCK:
-        return dict(Tally((key[0], phase) for key, phase in _PHASES.items()))
+        phases = dict(_PHASES)
+    return dict(Tally((key[0], phases[key]) for key in live if key in phases))
 
 
 class PhaseCollector(Collector):
+    def __init__(self, live: Callable[[], Iterable[Key]]) -> None:
+        self.live = live
+
     def collect(self) -> Iterator[Any]:
         family = GaugeMetricFamily("raylight_resources", "TrainingJobs and TuneSweeps by phase",
                                    labels=["kind", "phase"])
-        for (kind, phase), count in sorted(phase_counts().items()):
+        for (kind, phase), count in sorted(phase_counts(self.live()).items()):
             family.add_metric([kind, phase], count)
         yield family
         yield CounterMetricFamily("raylight_mlflow_requests", "Requests made to MLflow", value=requests_made())
@@ -50,11 +67,11 @@ class PhaseCollector(Collector):
 _started = False
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on this port (once per process)."""
+def serve(port: int, live: Callable[[], Iterable[Key]]) -> None:
+    """Expose /metrics on this port (once per process); `live` lists the resources that exist."""
     global _started
     if _started:
         return
-    REGISTRY.register(PhaseCollector())
+    REGISTRY.register(PhaseCollector(live))
     start_http_server(port)
     _started = True

@@ -215,6 +215,9 @@ class Reconciler:
         desired = STATUS_MODELS[key[0]].model_validate(compute_status(current, seen, _now())).wire()
         self._track_progress(key, resource, digest, current, desired)
         self._apply_status(body, current, desired)
+        # The gauge follows the status as written (or found right), not as the watch brings it
+        # back: that can be seconds later, after older events that would take it back.
+        metrics.set_phase(key, desired["phase"])
         after = IDLE_RESYNC_S if desired["phase"] in TERMINAL_PHASES else ACTIVE_RESYNC_S
         if plan.requeue_after is not None:
             after = plan.requeue_after
@@ -280,18 +283,14 @@ class Reconciler:
             self._patch_status(body, patch)
             self._event(body, "Warning", "InvalidSpec", message)
             metrics.ERRORS.labels(kind=body["kind"], reason="InvalidSpec").inc()
+        metrics.set_phase((body["kind"], meta["namespace"], meta["name"]), desired["phase"])
         return Outcome()
 
     def _patch_status(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
         meta = body["metadata"]
         written = self.kube.patch_status(body["kind"], meta["namespace"], meta["name"], meta.get("resourceVersion"),
                                          patch)
-        key = (body["kind"], meta["namespace"], meta["name"])
-        self.cache.wrote_status(key, written)
-        # The phase gauge follows what was written at once, not when the watch brings the write back
-        # (seconds later on a busy machine: a metrics scrape in between saw the old phase).
-        if patch.get("phase"):
-            metrics.set_phase(key, patch["phase"])
+        self.cache.wrote_status((body["kind"], meta["namespace"], meta["name"]), written)
 
     def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.record(body, type_, reason, message)

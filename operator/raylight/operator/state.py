@@ -33,8 +33,9 @@ def observe_rayjob(rayjob: dict[str, Any]) -> Observed:
     if deployment == "Complete":
         if job == "SUCCEEDED":
             return Observed("Succeeded", "RunSucceeded", "the run finished; results are in MLflow")
-        ended = detail or f"the Ray job ended {job or 'without success'}"
-        return Observed("Failed", f"Job{job.title() or 'Failed'}", ended)
+        ended, _ = split_job_logs(detail)
+        return Observed("Failed", f"Job{job.title() or 'Failed'}",
+                        ended or f"the Ray job ended {job or 'without success'}")
     if deployment in ("Failed", "ValidationFailed"):
         reason = status.get("reason") or deployment
         return Observed("Failed", str(reason), detail or f"KubeRay reports the RayJob {deployment}")
@@ -49,6 +50,23 @@ def observe_rayjob(rayjob: dict[str, Any]) -> Observed:
     if deployment == "Retrying":
         return Observed("Pending", "Retrying", detail or "KubeRay retries the run on a new Ray cluster")
     return Observed("Pending", "ClusterStarting", "waiting for the Ray cluster's pods")
+
+
+# Ray's words before the driver's last log lines in a failed job's message (KubeRay copies it).
+_JOB_LOGS_MARKER = ", last available logs"
+# How the trainer's driver prints an error it explains (a bad storage path, a missing dataset).
+_DRIVER_ERROR_PREFIX = "error "
+
+
+def split_job_logs(message: str) -> tuple[str, str | None]:
+    """A failed Ray job's message without its log tail (up to 20,000 characters, no condition's
+    size), and the driver's own error line from that tail, if it printed one: the root cause of a
+    run that failed before it opened its MLflow run, where the trainer would have written it."""
+    head, marker, logs = message.partition(_JOB_LOGS_MARKER)
+    if not marker:
+        return message, None
+    errors = [line.strip() for line in logs.splitlines() if line.strip().startswith(_DRIVER_ERROR_PREFIX)]
+    return head.strip(), errors[-1].removeprefix(_DRIVER_ERROR_PREFIX)[:1024] if errors else None
 
 
 def find_condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -214,6 +232,8 @@ def compute_status(current: dict[str, Any], seen: Observation, now: str) -> dict
         observed = trouble  # what stops the pods first: it is what the user must fix
     elif seen.note is not None:
         observed = seen.note
+    if observed.phase == "Failed" and not status.get("rootCause") and seen.rayjob is not None:
+        _, status["rootCause"] = split_job_logs(((seen.rayjob.get("status") or {}).get("message")) or "")
     if observed.phase == "Failed" and status.get("rootCause"):
         # KubeRay knows the job failed; the trainer knows why.
         observed = Observed("Failed", observed.reason, f"{observed.message}: {status['rootCause']}")
