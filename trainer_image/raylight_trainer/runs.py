@@ -95,20 +95,22 @@ def claim_run_dir(run_dir: Storage, digest: str, fresh: bool, uid: str | None = 
     one: its uid differs, and the operator finds runs by uid) or `fresh` starts over: earlier
     results are moved aside (kept, never mixed with the new run's).
     """
-    text = (run_dir / STATE_FILE).read_text()
-    state = json.loads(text) if text else {}
+    state = saved_state(run_dir)
     same_resource = uid is None or state.get("uid") in (None, uid)
     if state.get("spec_hash") == digest and not state.get("finished") and not fresh and same_resource:
-        return dict(state)
+        return state
     run_dir.move_aside()
     return {}
 
 
+def saved_state(run_dir: Storage) -> dict[str, Any]:
+    """The run directory's state file ({} where there is none yet)."""
+    text = (run_dir / STATE_FILE).read_text()
+    return dict(json.loads(text)) if text else {}
+
+
 def save_state(run_dir: Storage, **values: Any) -> None:
-    state_file = run_dir / STATE_FILE
-    text = state_file.read_text()
-    state = json.loads(text) if text else {}
-    state_file.write_text(json.dumps({**state, **values}))
+    (run_dir / STATE_FILE).write_text(json.dumps({**saved_state(run_dir), **values}))
 
 
 def set_final(client: MlflowClient, run_id: str, status: str) -> None:
