@@ -17,6 +17,9 @@ import pytest
 
 from raylight_trainer.driver import free_port
 
+# Each test's wall time by area, for tests/run's budget table (tests/budget.py).
+pytest_plugins = ["tests.budget"]
+
 
 def stop_group(process: subprocess.Popen[bytes] | None) -> None:
     """Stop a server started in a session of its own: SIGTERM to its process group (which outlives a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -36,10 +37,12 @@ class Cluster:
     bin: Path
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+                timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """kubectl with this cluster's kubeconfig. Its process is given 120 s, or a minute more than
+        a `--timeout=...s` among args (a `kubectl wait` of 20 minutes must not be cut at 120 s)."""
         result = subprocess.run(
             [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input, capture_output=True, text=True, timeout=timeout,
+            input=input, capture_output=True, text=True, timeout=timeout or process_timeout(args),
         )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
@@ -108,6 +111,16 @@ class Cluster:
     def patch_status(self, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
         self.kubectl("patch", kind, name, "-n", namespace, "--subresource", "status", "--type", "merge",
                      "-p", json.dumps({"status": status}))
+
+
+def process_timeout(kubectl_args: tuple[str, ...], default: float = 120) -> float:
+    """How long a kubectl process may run: its own --timeout (seconds, minutes or hours) plus a minute."""
+    for arg in kubectl_args:
+        found = re.fullmatch(r"--timeout=(\d+)([smh]?)", arg)
+        if found:
+            seconds = int(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[found.group(2)]
+            return max(default, seconds + 60.0)
+    return default
 
 
 def cluster_from(directory: Path) -> tuple[Cluster, dict[str, str]]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.budget import record_stage
 from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,8 +81,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         pytest.skip("the test node needs root: its containerd, bridge, iptables rules and cgroups")
     directory = tmp_path_factory.mktemp("node")
     try:
+        started = time.monotonic()
         up = subprocess.run([str(CLUSTER_SCRIPTS / "up"), "--node", str(directory)], capture_output=True,
                             text=True, timeout=3600)
+        record_stage("node up", time.monotonic() - started)
+        (REPO / "build").mkdir(exist_ok=True)
+        (REPO / "build" / "node-up.log").write_text(up.stderr)  # what took its time: kept after the run
         # Why it failed, in the error's own line: a CI log may keep nothing else of a fixture's output.
         assert up.returncode == 0, f"tests/cluster/up --node failed ({up.returncode}): {up.stderr[-3000:]}"
         cluster, env = cluster_from(directory)
@@ -115,14 +121,97 @@ def raylight(node: Node) -> Iterator[Release]:
 
 
 @pytest.fixture
-def namespace(node: Node) -> Iterator[str]:
+def namespace(node: Node, request: pytest.FixtureRequest) -> Iterator[str]:
     """A namespace for one test; after it, its pods are waited for until gone: they hold the node's
     CPU while they stop (up to their grace period), and the next test's pods must be scheduled
     on what the node has, or its scheduling messages name the wrong shortage."""
     with node.cluster.scratch_namespace() as name:
         yield name
+        write_timeline(node.cluster, name, request.node.name)
     wait_for(lambda: not node.cluster.list("pods", name), timeout=300, interval=2,
              what=f"the pods of namespace {name} to be gone")
+
+
+def write_timeline(cluster: Cluster, namespace: str, test: str) -> None:
+    """build/node-timelines/TEST.txt: when each pod of the test was made, scheduled, started, ready
+    and ended, in seconds from the first object of the namespace (what a node test's time goes to)."""
+    try:
+        rows = timeline_rows(cluster, namespace)
+    except Exception as error:  # a timeline is for reading afterwards; the test's result stands
+        rows = [f"no timeline: {error!r}"]
+    folder = REPO / "build" / "node-timelines"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{test}.txt").write_text("\n".join(rows) + "\n")
+
+
+def timeline_rows(cluster: Cluster, namespace: str) -> list[str]:
+    from datetime import datetime
+
+    def at(stamp: str | None) -> float | None:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+    objects = [*cluster.list("tunesweeps,trainingjobs", namespace), *cluster.list("pods", namespace)]
+    if not objects:
+        return ["nothing in the namespace"]
+    zero = min(at(o["metadata"]["creationTimestamp"]) or 0.0 for o in objects)
+    rows = [f"{'object':<58} {'made':>6} {'sched':>6} {'start':>6} {'ready':>6} {'ended':>6}"]
+    for item in sorted(objects, key=lambda o: o["metadata"]["creationTimestamp"]):
+        status = item.get("status") or {}
+        conditions = {c["type"]: at(c.get("lastTransitionTime")) for c in status.get("conditions") or []}
+        states = [c.get("state") or {} for c in status.get("containerStatuses") or []]
+        started = [at(s["running"]["startedAt"]) for s in states if "running" in s]
+        started += [at(s["terminated"].get("startedAt")) for s in states if "terminated" in s]
+        ended = [at(s["terminated"].get("finishedAt")) for s in states if "terminated" in s]
+        ended += [conditions.get(name) for name in ("Succeeded", "Failed") if conditions.get(name)]
+        marks = [at(item["metadata"]["creationTimestamp"]), conditions.get("PodScheduled"),
+                 min((t for t in started if t), default=None), conditions.get("Ready"),
+                 max((t for t in ended if t), default=None)]
+        cells = " ".join(f"{t - zero:>6.0f}" if t else f"{'-':>6}" for t in marks)
+        rows.append(f"{item['kind'] + '/' + item['metadata']['name']:<58} {cells}")
+    return rows
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A failed node test's report carries what a developer would look at first: the pods of its
+    namespace and of the release, their events and the end of every container's log (a CI log keeps
+    nothing else of a cluster that is gone by the time anyone reads it)."""
+    outcome = yield
+    report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    if report.when != "call" or not report.failed or "node" not in funcargs:
+        return
+    cluster: Cluster = funcargs["node"].cluster
+    namespaces = [name for name in (funcargs.get("namespace"), RELEASE_NAMESPACE, "kube-system") if name]
+    try:
+        report.sections.append(("node diagnostics", diagnostics(cluster, namespaces)))
+    except Exception as error:  # the report of the failure matters more than these extras
+        report.sections.append(("node diagnostics", f"could not gather them: {error!r}"))
+
+
+# The training workers log to Ray's files, not to the pod's stdout: the newest of them, each's end.
+RAY_LOG_TAILS = ('cd /tmp/ray/session_latest/logs 2>/dev/null && for f in $(ls -t worker-*.out worker-*.err '
+                 'python-core-worker-*.log raylet.out 2>/dev/null | head -10); do echo "--- $f"; tail -n 25 "$f"; done')
+
+
+def diagnostics(cluster: Cluster, namespaces: list[str], tail: int = 60) -> str:
+    parts = [cluster.kubectl("get", "nodes", "-o", "wide", check=False).stdout]
+    for namespace in namespaces:
+        for args in (("get", "pods,rayjobs,rayclusters,tunesweeps,trainingjobs,jobs", "-o", "wide"),
+                     ("get", "events", "--sort-by=.lastTimestamp")):
+            shown = cluster.kubectl(*args, "-n", namespace, check=False, timeout=30)
+            parts.append(f"$ kubectl {' '.join(args)} -n {namespace}\n{shown.stdout}{shown.stderr}")
+        for pod in cluster.list("pods", namespace):
+            name = pod["metadata"]["name"]
+            for previous in ("false", "true"):
+                logs = cluster.kubectl("logs", "-n", namespace, name, "--all-containers", "--prefix",
+                                       f"--previous={previous}", f"--tail={tail}", check=False, timeout=30)
+                if logs.stdout:
+                    parts.append(f"$ kubectl logs {name} -n {namespace} --previous={previous}\n{logs.stdout}")
+            if "ray.io/node-type" in pod["metadata"].get("labels", {}) and pod["status"].get("phase") == "Running":
+                parts.append(f"$ (Ray's newest logs in {name})\n" + cluster.kubectl(
+                    "exec", "-n", namespace, name, "--", "sh", "-c", RAY_LOG_TAILS, check=False, timeout=30).stdout)
+    return "\n".join(parts)
 
 
 def mlflow_get(release: Release, path: str, params: dict[str, Any] | None = None,

@@ -44,7 +44,7 @@ def test_a_deleted_head_pod_interrupts_the_sweep_and_kuberays_retry_resumes_it(
     head = pods_of(cluster, namespace, "raylight.dev/name=headless,raylight.dev/role=head")
     cluster.kubectl("delete", "pod", head[0]["metadata"]["name"], "-n", namespace, "--wait=false")
     waited = cluster.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=1500s",
-                             "tunesweep/headless", check=False, timeout=1560)
+                             "tunesweep/headless", check=False)
     rayjob = (cluster.list("rayjobs", namespace) or [{}])[0]
     assert waited.returncode == 0, f"{waited.stderr}\nstatus: {status()}\nrayjob: {rayjob.get('status')}"
     # Resumed, not restarted: the cut trials' runs continued, each epoch once, and the driver's log

@@ -92,7 +92,7 @@ def test_suspend_stops_a_sweep_gracefully_and_resume_continues_it_across_an_oper
     cluster.kubectl("patch", "tunesweep", "pause", "-n", namespace, "--type", "merge", "-p",
                     '{"spec": {"suspend": false}}')
     waited = cluster.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=1200s",
-                             "tunesweep/pause", check=False, timeout=1260)
+                             "tunesweep/pause", check=False)
     assert waited.returncode == 0, f"{waited.stderr}\nstatus: {status()}"
     assert len(cluster.list("rayjobs", namespace)) == 1
 

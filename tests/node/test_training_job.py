@@ -56,7 +56,7 @@ def test_two_worker_pods_train_with_ddp_and_survive_losing_one(
     cluster.kubectl("delete", "pod", "-n", raylight.namespace, "-l", OPERATOR_PODS, "--wait=false")
 
     waited = cluster.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=1200s",
-                             "trainingjob/ddp", check=False, timeout=1260)
+                             "trainingjob/ddp", check=False)
     job = cluster.get("trainingjob", "ddp", namespace) or {}
     assert waited.returncode == 0, f"{waited.stderr}\nstatus: {job.get('status')}"
     status = job["status"]

@@ -1,0 +1,174 @@
+"""The test budget: where a run of tests/run spends its minutes, against tests/BUDGET.md.
+
+As a pytest plugin (loaded by tests/conftest.py) it adds up each test's wall time (setup, call and
+teardown) by area and writes them to $RAYLIGHT_TEST_TIMES (a JSON file; tests/run sets it). As a
+command, `python -m tests.budget report STAGES TIMES`, it prints one table of tests/run's stages
+and pytest's areas with their budgets, then the slowest tests, and a warning for each line over
+its share. Timings are noisy: this never fails a run.
+
+An area's tests are named by path patterns (fnmatch, on the test's file path relative to the
+repository) in BUDGET.md's table; the first area whose pattern matches takes the test."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:
+    import pytest
+
+    _STARTED = pytest.StashKey[float]()
+except ImportError:  # the report command needs no pytest
+    pass
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET_FILE = REPO / "tests" / "BUDGET.md"
+SLOWEST = 15
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of BUDGET.md's table: an area or stage and the minutes it may take."""
+
+    name: str
+    patterns: tuple[str, ...]  # test-file patterns for a pytest area; () for a stage of tests/run
+    warm_minutes: float
+    cold_minutes: float
+
+
+def budget_lines(text: str | None = None) -> list[Line]:
+    """The rows of BUDGET.md's table whose first cell is a `name` in backquotes."""
+    text = BUDGET_FILE.read_text() if text is None else text
+    lines = []
+    for row in text.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if len(cells) < 4 or not re.fullmatch(r"`[^`]+`", cells[0]):
+            continue
+        patterns = tuple(re.findall(r"`([^`]+)`", cells[1]))
+        lines.append(Line(cells[0].strip("`"), patterns, number(cells[2]), number(cells[3])))
+    return lines
+
+
+def number(cell: str) -> float:
+    found = re.search(r"\d+(\.\d+)?", cell)
+    if found is None:
+        raise ValueError(f"{BUDGET_FILE.name}: a budget cell without minutes: {cell!r}")
+    return float(found.group())
+
+
+def area_of(path: str, lines: list[Line]) -> str:
+    for line in lines:
+        if any(fnmatch.fnmatch(path, pattern) for pattern in line.patterns):
+            return line.name
+    return "other"
+
+
+# -- the pytest plugin ------------------------------------------------------------------------------
+
+_durations: dict[str, float] = {}
+_extra_stages: dict[str, float] = {}
+
+
+def record_stage(name: str, seconds: float) -> None:
+    """A fixture's own cost worth a line (e.g. the test node's `up`), reported beside the areas."""
+    _extra_stages[name] = _extra_stages.get(name, 0.0) + seconds
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + float(report.duration)
+
+
+def pytest_sessionstart(session: Any) -> None:
+    session.config.stash.setdefault(_STARTED, time.monotonic())
+
+
+def pytest_sessionfinish(session: Any) -> None:
+    target = os.environ.get("RAYLIGHT_TEST_TIMES")
+    if not target:
+        return
+    lines = budget_lines()
+    areas: dict[str, float] = {}
+    for nodeid, seconds in _durations.items():
+        area = area_of(nodeid.split("::", 1)[0], lines)
+        areas[area] = areas.get(area, 0.0) + seconds
+    started = session.config.stash.get(_STARTED, time.monotonic())
+    Path(target).write_text(json.dumps({
+        "pytest_seconds": time.monotonic() - started, "areas": areas, "fixtures": _extra_stages,
+        "tests": dict(sorted(_durations.items(), key=lambda item: -item[1])),
+    }, indent=1))
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+def read_stages(path: Path) -> dict[str, float]:
+    """tests/run's stages: lines of `NAME<TAB>SECONDS`, a name given twice adds up."""
+    stages: dict[str, float] = {}
+    if path.exists():
+        for row in path.read_text().splitlines():
+            name, _, seconds = row.rpartition("\t")
+            if name:
+                stages[name] = stages.get(name, 0.0) + float(seconds)
+    return stages
+
+
+def report(stages: dict[str, float], times: dict[str, Any], cold: bool, lines: list[Line]) -> list[str]:
+    """The table, the slowest tests and the warnings, as lines of text."""
+    column = "cold" if cold else "warm"
+    measured = {**stages, **times.get("areas", {})}
+    out = [f"{'stage or area':<24} {'minutes':>8} {'budget (' + column + ')':>14}"]
+    warnings = []
+    for line in lines:
+        if line.name not in measured:
+            continue
+        minutes = measured.pop(line.name) / 60
+        share = line.cold_minutes if cold else line.warm_minutes
+        flag = "  OVER" if minutes > share else ""
+        out.append(f"{line.name:<24} {minutes:>8.1f} {share:>14.1f}{flag}")
+        if flag:
+            warnings.append(f"budget: {line.name} took {minutes:.1f} min, over its {share:g} min ({column}); "
+                            f"see tests/BUDGET.md")
+    for name, seconds in measured.items():  # stages or areas the table has no line for
+        out.append(f"{name:<24} {seconds / 60:>8.1f} {'-':>14}")
+    for name, seconds in times.get("fixtures", {}).items():
+        out.append(f"  of which {name:<15} {seconds / 60:>8.1f}")
+    total_line = next((line for line in lines if line.name == "total"), None)
+    total = sum(stages.values()) / 60
+    if total_line is not None:
+        share = total_line.cold_minutes if cold else total_line.warm_minutes
+        out.append(f"{'whole run':<24} {total:>8.1f} {share:>14.1f}{'  OVER' if total > share else ''}")
+        if total > share:
+            warnings.append(f"budget: the whole run took {total:.1f} min, over its {share:g} min ({column})")
+    slowest = list(times.get("tests", {}).items())[:SLOWEST]
+    if slowest:
+        out.append(f"\nthe {len(slowest)} slowest tests (setup + call + teardown):")
+        out += [f"{seconds:>8.1f} s  {nodeid}" for nodeid, seconds in slowest]
+    return out + ([""] + warnings if warnings else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.budget")
+    commands = parser.add_subparsers(dest="command", required=True)
+    shown = commands.add_parser("report", help="the budget table of a tests/run")
+    shown.add_argument("stages", type=Path)
+    shown.add_argument("times", type=Path)
+    shown.add_argument("--cold", action="store_true", help="compare with the cold budget")
+    shown.add_argument("--json", type=Path, help="also write the stages and areas measured here")
+    args = parser.parse_args(argv)
+    stages = read_stages(args.stages)
+    times = json.loads(args.times.read_text()) if args.times.exists() else {}
+    print("\n".join(report(stages, times, args.cold, budget_lines())))
+    if args.json:
+        args.json.write_text(json.dumps({"cold": args.cold, "stages": stages, **times}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
