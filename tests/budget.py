@@ -150,7 +150,7 @@ def report(stages: dict[str, float], times: dict[str, Any], cold: bool, lines: l
     if slowest:
         out.append(f"\nthe {len(slowest)} slowest tests (setup + call + teardown):")
         out += [f"{seconds:>8.1f} s  {nodeid}" for nodeid, seconds in slowest]
-    return out + ([""] + warnings if warnings else [])
+    return out + (["", *warnings] if warnings else [])
 
 
 def main(argv: list[str] | None = None) -> int:
