@@ -17,8 +17,9 @@ import pytest
 
 from raylight_trainer.driver import free_port
 
-# Each test's wall time by area, for tests/run's budget table (tests/budget.py).
-pytest_plugins = ["tests.budget"]
+# Each test's wall time by area, for tests/run's budget table (tests/budget.py); tests/run --quick's
+# selection (tests/quick.py).
+pytest_plugins = ["tests.budget", "tests.quick"]
 
 
 def stop_group(process: subprocess.Popen[bytes] | None) -> None:

@@ -80,6 +80,7 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=1000)
 
 
+@pytest.mark.smoke  # tests/run --quick runs it whenever the trainer changed
 @pytest.mark.usefixtures("ray_local")
 def test_asha_sweep_more_trials_than_fit(tmp_path: Path, mlflow_server: str) -> None:
     """6 trials of 1 CPU on 2 CPUs: never more than 2 at once, none hangs; ASHA stops some early."""

@@ -161,6 +161,7 @@ def test_worker_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path, mlflo
     assert 1 <= len(checkpoints) <= 3, sorted(p.name for p in checkpoints)
 
 
+@pytest.mark.smoke  # tests/run --quick runs it whenever the trainer changed
 def test_raylight_run_trainingjob_prints_a_json_summary(
     workdir: Path, mlflow_server: str, capsys: pytest.CaptureFixture
 ) -> None:

@@ -145,29 +145,46 @@ def write_timeline(cluster: Cluster, namespace: str, test: str) -> None:
 
 
 def timeline_rows(cluster: Cluster, namespace: str) -> list[str]:
+    """A row per object: the run's resource and every pod it had, deleted ones too (from the
+    namespace's Events, which outlive their pods): made, scheduled, container started, ready
+    (pods still there) and ended."""
     from datetime import datetime
 
     def at(stamp: str | None) -> float | None:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
 
-    objects = [*cluster.list("tunesweeps,trainingjobs", namespace), *cluster.list("pods", namespace)]
-    if not objects:
+    marks: dict[str, dict[str, float]] = {}
+
+    def mark(name: str, what: str, stamp: str | None, first: bool = True) -> None:
+        when = at(stamp)
+        if when is not None:
+            seen = marks.setdefault(name, {}).get(what)
+            if seen is None or (when < seen if first else when > seen):
+                marks[name][what] = when
+
+    for item in [*cluster.list("tunesweeps,trainingjobs", namespace), *cluster.list("pods", namespace)]:
+        name = f"{item['kind']}/{item['metadata']['name']}"
+        mark(name, "made", item["metadata"]["creationTimestamp"])
+        for condition in (item.get("status") or {}).get("conditions") or []:
+            kind = {"PodScheduled": "sched", "Ready": "ready", "Succeeded": "ended", "Failed": "ended"}
+            if condition["type"] in kind and condition.get("status") == "True":
+                mark(name, kind[condition["type"]], condition.get("lastTransitionTime"))
+    reasons = {"Scheduled": "sched", "Started": "start", "Killing": "ended", "Completed": "ended"}
+    for event in cluster.list("events", namespace):
+        involved = event.get("involvedObject") or {}
+        what = reasons.get(event.get("reason", ""))
+        if involved.get("kind") == "Pod" and what:
+            stamp = event.get("eventTime") or event.get("firstTimestamp") or event["metadata"]["creationTimestamp"]
+            mark(f"Pod/{involved['name']}", what, stamp, first=what != "ended")
+            mark(f"Pod/{involved['name']}", "made", stamp)  # a deleted pod: its first event
+    if not marks:
         return ["nothing in the namespace"]
-    zero = min(at(o["metadata"]["creationTimestamp"]) or 0.0 for o in objects)
-    rows = [f"{'object':<58} {'made':>6} {'sched':>6} {'start':>6} {'ready':>6} {'ended':>6}"]
-    for item in sorted(objects, key=lambda o: o["metadata"]["creationTimestamp"]):
-        status = item.get("status") or {}
-        conditions = {c["type"]: at(c.get("lastTransitionTime")) for c in status.get("conditions") or []}
-        states = [c.get("state") or {} for c in status.get("containerStatuses") or []]
-        started = [at(s["running"]["startedAt"]) for s in states if "running" in s]
-        started += [at(s["terminated"].get("startedAt")) for s in states if "terminated" in s]
-        ended = [at(s["terminated"].get("finishedAt")) for s in states if "terminated" in s]
-        ended += [conditions.get(name) for name in ("Succeeded", "Failed") if conditions.get(name)]
-        marks = [at(item["metadata"]["creationTimestamp"]), conditions.get("PodScheduled"),
-                 min((t for t in started if t), default=None), conditions.get("Ready"),
-                 max((t for t in ended if t), default=None)]
-        cells = " ".join(f"{t - zero:>6.0f}" if t else f"{'-':>6}" for t in marks)
-        rows.append(f"{item['kind'] + '/' + item['metadata']['name']:<58} {cells}")
+    zero = min(min(m.values()) for m in marks.values())
+    columns = ("made", "sched", "start", "ready", "ended")
+    rows = [f"{'object':<58} " + " ".join(f"{c:>6}" for c in columns)]
+    for name, times in sorted(marks.items(), key=lambda item: min(item[1].values())):
+        cells = " ".join(f"{times[c] - zero:>6.0f}" if c in times else f"{'-':>6}" for c in columns)
+        rows.append(f"{name:<58} {cells}")
     return rows
 
 
