@@ -75,11 +75,20 @@ def area_of(path: str, lines: list[Line]) -> str:
 
 _durations: dict[str, float] = {}
 _extra_stages: dict[str, float] = {}
+_moved: dict[str, float] = {}  # seconds of a test's setup that a shared fixture's line took instead
+_running: list[str] = []
 
 
 def record_stage(name: str, seconds: float) -> None:
-    """A fixture's own cost worth a line (e.g. the test node's `up`), reported beside the areas."""
+    """A session fixture's own cost (the test node's `up`: `node: up` in BUDGET.md), taken out of the
+    test that happened to set it up first and put on a line of its own."""
     _extra_stages[name] = _extra_stages.get(name, 0.0) + seconds
+    if _running:
+        _moved[_running[-1]] = _moved.get(_running[-1], 0.0) + seconds
+
+
+def pytest_runtest_logstart(nodeid: str) -> None:
+    _running.append(nodeid)
 
 
 def pytest_runtest_logreport(report: Any) -> None:
@@ -95,14 +104,15 @@ def pytest_sessionfinish(session: Any) -> None:
     if not target:
         return
     lines = budget_lines()
-    areas: dict[str, float] = {}
-    for nodeid, seconds in _durations.items():
+    tests = {nodeid: seconds - _moved.get(nodeid, 0.0) for nodeid, seconds in _durations.items()}
+    areas: dict[str, float] = dict(_extra_stages)
+    for nodeid, seconds in tests.items():
         area = area_of(nodeid.split("::", 1)[0], lines)
         areas[area] = areas.get(area, 0.0) + seconds
     started = session.config.stash.get(_STARTED, time.monotonic())
     Path(target).write_text(json.dumps({
-        "pytest_seconds": time.monotonic() - started, "areas": areas, "fixtures": _extra_stages,
-        "tests": dict(sorted(_durations.items(), key=lambda item: -item[1])),
+        "pytest_seconds": time.monotonic() - started, "areas": areas,
+        "tests": dict(sorted(tests.items(), key=lambda item: -item[1])),
     }, indent=1))
 
 
@@ -137,8 +147,6 @@ def report(stages: dict[str, float], times: dict[str, Any], cold: bool, lines: l
                             f"see tests/BUDGET.md")
     for name, seconds in measured.items():  # stages or areas the table has no line for
         out.append(f"{name:<24} {seconds / 60:>8.1f} {'-':>14}")
-    for name, seconds in times.get("fixtures", {}).items():
-        out.append(f"  of which {name:<15} {seconds / 60:>8.1f}")
     total_line = next((line for line in lines if line.name == "total"), None)
     total = sum(stages.values()) / 60
     if total_line is not None:
@@ -153,6 +161,34 @@ def report(stages: dict[str, float], times: dict[str, Any], cold: bool, lines: l
     return out + (["", *warnings] if warnings else [])
 
 
+MEASURED_BEGIN, MEASURED_END = "<!-- measured: begin -->", "<!-- measured: end -->"
+
+
+def measured_table(results: list[dict[str, Any]], lines: list[Line]) -> list[str]:
+    """BUDGET.md's measured section: a column of minutes per results file (build/budget.json of a run)."""
+    header = "| line | " + " | ".join(result.get("label", "?") for result in results) + " |"
+    out = [header, "|---" * (len(results) + 1) + "|"]
+    for line in lines:
+        if line.name == "total":
+            cells = [f"{sum(r.get('stages', {}).values()) / 60:.1f}" for r in results]
+        else:
+            cells = [f"{seconds / 60:.1f}" if (seconds := {**r.get("stages", {}), **r.get("areas", {})}.get(line.name))
+                     is not None else "-" for r in results]
+        out.append(f"| `{line.name}` | " + " | ".join(cells) + " |")
+    return out
+
+
+def write_measured(paths: list[Path]) -> None:
+    results = [json.loads(path.read_text()) for path in paths]
+    text = BUDGET_FILE.read_text()
+    before, _, rest = text.partition(MEASURED_BEGIN)
+    _, _, after = rest.partition(MEASURED_END)
+    sources = ", ".join(f"`{path.relative_to(REPO)}`" for path in paths)
+    body = [f"Written by `python -m tests.budget measured` from {sources}.", "",
+            *measured_table(results, budget_lines(text))]
+    BUDGET_FILE.write_text(f"{before}{MEASURED_BEGIN}\n" + "\n".join(body) + f"\n{MEASURED_END}{after}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.budget")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,12 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     shown.add_argument("times", type=Path)
     shown.add_argument("--cold", action="store_true", help="compare with the cold budget")
     shown.add_argument("--json", type=Path, help="also write the stages and areas measured here")
+    shown.add_argument("--label", default="", help="what this run was, for --json (e.g. 'warm, fresh clone')")
+    measured = commands.add_parser("measured", help="BUDGET.md's measured section from runs' --json files")
+    measured.add_argument("results", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "measured":
+        write_measured([path.resolve() for path in args.results])
+        return 0
     stages = read_stages(args.stages)
     times = json.loads(args.times.read_text()) if args.times.exists() else {}
     print("\n".join(report(stages, times, args.cold, budget_lines())))
     if args.json:
-        args.json.write_text(json.dumps({"cold": args.cold, "stages": stages, **times}, indent=1))
+        args.json.write_text(json.dumps({"label": args.label, "cold": args.cold, "stages": stages, **times}, indent=1))
     return 0
 
 

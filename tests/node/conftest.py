@@ -84,7 +84,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         started = time.monotonic()
         up = subprocess.run([str(CLUSTER_SCRIPTS / "up"), "--node", str(directory)], capture_output=True,
                             text=True, timeout=3600)
-        record_stage("node up", time.monotonic() - started)
+        record_stage("node: up", time.monotonic() - started)
         (REPO / "build").mkdir(exist_ok=True)
         (REPO / "build" / "node-up.log").write_text(up.stderr)  # what took its time: kept after the run
         # Why it failed, in the error's own line: a CI log may keep nothing else of a fixture's output.
