@@ -237,3 +237,31 @@ def test_a_trial_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path, mlfl
     # with the killed process is overwritten by the restarted trial (Tune numbers them from its record).
     checkpoints = [path for path in tmp_path.rglob("checkpoint_*") if path.is_dir()]
     assert 1 <= len(checkpoints) <= 2, sorted(str(p.relative_to(tmp_path)) for p in checkpoints)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_signal_after_the_last_trial_ended_finishes_the_sweep(
+    tmp_path: Path, mlflow_server: str, capsys: pytest.CaptureFixture
+) -> None:
+    """SIGTERM in the moment between the last trial's end and Tune's return (CI's SIGTERM test once
+    landed there): every trial has ended, nothing is left to resume, so the sweep finishes as when
+    the signal comes while the best model is logged: its model logged, its parent run FINISHED."""
+    import signal
+
+    from ray import tune
+
+    from raylight_trainer.interrupt import handling_signals
+
+    class SignalWhenTheLastTrialEnds(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+            if all(t is trial or t.status == "TERMINATED" for t in trials):  # this one is ending
+                signal.raise_signal(signal.SIGTERM)  # to this process: the driver's handler takes it
+
+    doc = sweep_doc("late-signal", numSamples=1, scheduler={"fifo": {}})
+    doc["spec"]["trial"]["training"]["maxEpochs"] = 1
+    with handling_signals():
+        result = run_sweep(as_sweep(doc), RunSettings(tracking_uri=mlflow_server, storage=Storage.at(tmp_path)),
+                           callbacks=[SignalWhenTheLastTrialEnds()])
+    assert result.interrupted is None and result.model_uri and result.counts()["succeeded"] == 1
+    assert "SIGTERM received after the training ended" in capsys.readouterr().err
+    assert MlflowClient(mlflow_server).get_run(result.parent_run_id).info.status == "FINISHED"

@@ -131,7 +131,8 @@ def tune_stops_gracefully() -> Iterator[None]:
             signal.signal(signal.SIGUSR1, usr1_before)
 
 
-def _let_it_finish() -> None:
+def say_it_finishes() -> None:
+    """The words for a signal that came once the training had ended: the run is finished, not cut."""
     name = signal_name(_state.received) if _state.received is not None else "a signal"
     sys.stderr.write(f"{name} received after the training ended: the run's results, best model and final counts "
                      "are being written, then it ends (Ctrl-C again stops at once)\n")
@@ -146,7 +147,7 @@ def finishing_up() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _state.graceful = _let_it_finish
+    _state.graceful = say_it_finishes
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED, TAG_PARENT_RUN_ID
 
 from . import timeline
 from .attributions import PendingAttributions
-from .interrupt import finishing_up, received_signal, signal_name, tune_stops_gracefully
+from .interrupt import finishing_up, received_signal, say_it_finishes, signal_name, tune_stops_gracefully
 from .resources import concurrency_that_fits, state_api_problem, trains_in_trial, trial_resources
 from .run_logs import keep_driver_log
 from .runs import (
@@ -302,6 +302,11 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
     timeline.mark("outcomes_read", trial="-")
     _finish_child_runs(client, experiment_id, parent_run_id, result.trials, spec.max_t(), metric, mode)
     timeline.mark("child_runs_ended", trial="-")
+    if interrupted is not None and every_trial_ended(result.trials, spec.num_samples):
+        # The signal came after the last trial had ended, while Tune wrapped up: nothing is left to
+        # resume, so the sweep finishes its record (best model, final counts) as finishing_up does.
+        say_it_finishes()
+        interrupted = None
     result.interrupted = interrupted
     if interrupted is not None:
         # Stopped by SIGINT/SIGTERM: Tune kept the state to resume from; the sweep is not over,
@@ -396,6 +401,11 @@ def _outcomes(analysis: Any, max_t: int, metric: str, mode: str) -> list[TrialOu
         outcomes.append(TrialOutcome(trial.trial_id, trial_state(trial, max_t), epochs, best_value,
                                      dict(trial.config), error=error))
     return sorted(outcomes, key=lambda t: t.trial_id)
+
+
+def every_trial_ended(trials: list[TrialOutcome], num_samples: int) -> bool:
+    """Whether all of a sweep's trials were made and ended (none cut short, none left to start)."""
+    return len(trials) >= num_samples and all(t.state not in ("running", "pending") for t in trials)
 
 
 def _final_progress(result: SweepResult, num_samples: int) -> SweepProgress:
