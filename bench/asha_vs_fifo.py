@@ -18,10 +18,10 @@ from pathlib import Path
 
 from raylight.api import TuneSweep, load_manifests
 from raylight_trainer.driver import start_ray
-from raylight_trainer.runs import RunSettings
-from raylight_trainer.storage import Storage
-from raylight_trainer.sweep import run_sweep
-from raylight_trainer.tracking import local_store_uri
+from raylight_trainer.runtime.storage import Storage
+from raylight_trainer.tracking.mlflow_runs import local_store_uri
+from raylight_trainer.training.run_state import RunSettings
+from raylight_trainer.tuning.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from raylight.api import ModelSpec  # noqa: E402
 from raylight_trainer.model import config_from_spec, create_model  # noqa: E402
-from raylight_trainer.storage import Storage  # noqa: E402
+from raylight_trainer.runtime.storage import Storage  # noqa: E402
 from tests.conftest import ObjectStore  # noqa: E402
 
 # The quickstart's largest trial (depth 6 of its search space) on 8x8 digits, and ViT-S/16.

@@ -22,11 +22,11 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 
 from raylight.api import TrialSpec
-from raylight_trainer.data import load_data
+from raylight_trainer.data.datasets import load_data
 from raylight_trainer.model import ViTConfig
-from raylight_trainer.module import ImageClassifier
-from raylight_trainer.tracking import MlflowEpochLogger, ensure_experiment, local_store_uri
-from raylight_trainer.train import REPORTED_METRICS
+from raylight_trainer.tracking.mlflow_runs import MlflowEpochLogger, ensure_experiment, local_store_uri
+from raylight_trainer.training.module import ImageClassifier
+from raylight_trainer.training.workers import REPORTED_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 

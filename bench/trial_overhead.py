@@ -2,7 +2,7 @@
 
 Runs `raylight run` on a small fixed sweep (the quickstart's ViT and data, FIFO, 4 trials of 4
 epochs, 2 at a time on 2 CPUs) with RAYLIGHT_TIMELINE set, so every process of the run marks its
-stages (raylight_trainer/timeline.py), and turns the marks into per-trial segments: the trial
+stages (raylight_trainer/runtime/timeline.py), and turns the marks into per-trial segments: the trial
 actor's start-up, its MLflow run, the Ray Train worker group, data, Lightning's set-up, the first
 epoch (training, validation, logging, report and checkpoint), a later epoch, and the end. With
 --quickstart it also runs examples/quickstart.yaml and records its wall time and results.
@@ -204,7 +204,7 @@ def measure_epoch(epochs: int = 4, rounds: int = 3) -> dict[str, Any]:
     import torch
 
     from raylight.api import TrialSpec
-    from raylight_trainer.data import load_data
+    from raylight_trainer.data.datasets import load_data
     from raylight_trainer.model import config_from_spec
 
     torch.set_num_threads(1)
@@ -231,7 +231,7 @@ def plain_loop(spec: Any, data: Any, model: dict[str, Any]) -> list[float]:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from raylight_trainer.module import ImageClassifier, parameter_groups, warmup_cosine
+    from raylight_trainer.training.module import ImageClassifier, parameter_groups, warmup_cosine
 
     pl.seed_everything(spec.training.seed, verbose=False)
     net = ImageClassifier(model=model, training=spec.training.model_dump()).net
@@ -269,9 +269,15 @@ def lightning_loop(spec: Any, data: Any, model: dict[str, Any], scratch: Path) -
     import pytorch_lightning as pl
     from mlflow.tracking import MlflowClient
 
-    from raylight_trainer.module import ImageClassifier
-    from raylight_trainer.tracking import MlflowEpochLogger, ensure_experiment, local_store_uri
-    from raylight_trainer.train import CHECKPOINT_FILE, REPORTED_METRICS, EpochLine, TrainingPath, build_loaders
+    from raylight_trainer.tracking.mlflow_runs import MlflowEpochLogger, ensure_experiment, local_store_uri
+    from raylight_trainer.training.module import ImageClassifier
+    from raylight_trainer.training.workers import (
+        CHECKPOINT_FILE,
+        REPORTED_METRICS,
+        EpochLine,
+        TrainingPath,
+        build_loaders,
+    )
 
     class SaveCheckpoint(pl.Callback):  # what TuneReportCheckpoint writes, each epoch
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -3,7 +3,7 @@
 A pytest plugin (tests/conftest.py loads it) that, with RAYLIGHT_QUICK=1, keeps the unit and
 API-server tests (without the slow ones), and the end-to-end tests that the change touches:
   - the e2e test files changed,
-  - the e2e files that name a changed module of ours (`raylight_trainer.sweep`, `raylight.cli`),
+  - the e2e files that name a changed module of ours (`raylight_trainer.tuning.sweep`, `raylight.cli`),
   - and, when the trainer's code changed at all, the smoke tests (`pytest.mark.smoke`): one
     TrainingJob and one sweep through `raylight run`, the path every run takes.
 Changed means: since the merge base with $RAYLIGHT_QUICK_BASE (default main), committed or not,

@@ -257,9 +257,9 @@ def augment_part(sizes: Sizes) -> dict[str, Any]:
     workers kept between rounds."""
     from torch.utils.data import DataLoader
 
-    if not _importable("torchvision"):  # raylight_trainer.data's ImageFolder reader needs it
+    if not _importable("torchvision"):  # raylight_trainer.data.datasets's ImageFolder reader needs it
         return {"skipped": "torchvision is not importable here"}
-    from raylight_trainer.data import CIFAR_MEAN, CIFAR_STD, BatchTransform, TensorImages, TensorTransform
+    from raylight_trainer.data.datasets import CIFAR_MEAN, CIFAR_STD, BatchTransform, TensorImages, TensorTransform
     from raylight_trainer.model import VisionTransformer, ViTConfig
 
     preset, batch, workers = sizes.augment
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device here: pass --cpu for the dry run")
     sizes = CPU if args.cpu else GPU
-    from raylight_trainer.module import compile_problem
+    from raylight_trainer.training.module import compile_problem
 
     cannot_compile = compile_problem(on_gpu=sizes.device == "cuda")
     if cannot_compile:  # the eager parts still run; the report says why the compiled ones did not

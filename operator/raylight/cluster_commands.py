@@ -252,7 +252,7 @@ def trials(args: argparse.Namespace) -> int:
     """A sweep's trial table, as the local run shows it, from its MLflow runs."""
     from raylight.api import ManifestError, TuneSweep, parse_resource
     from raylight.cluster_mlflow import reader_for, table_state, trial_rows
-    from raylight_trainer.progress import TrialTable
+    from raylight_trainer.console.progress import TrialTable
 
     target = connect(args)
     resource = resolve(target, args.name if "/" in args.name else f"tunesweep/{args.name}")

@@ -1,7 +1,7 @@
 """`raylight logs`: a run's driver log, or its training workers' logs, while it runs and after.
 
 While the RayJob's submitter pod exists, the driver's log is that pod's (live, as `kubectl logs`
-shows it). The trainer also keeps every log in MLflow as it grows (`raylight_trainer.run_logs`):
+shows it). The trainer also keeps every log in MLflow as it grows (`raylight_trainer.tracking.logs`):
 the driver's on the sweep's parent run or the TrainingJob's run, each worker's on its trial's run.
 Those copies are what is left once KubeRay has deleted the Ray cluster and its pods.
 """

@@ -18,8 +18,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raylight.api import TrainingJob, parse_resource
-from raylight_trainer.runs import RunSettings, run_training_job
-from raylight_trainer.storage import Storage
+from raylight_trainer.runtime.storage import Storage
+from raylight_trainer.training.job import run_training_job
+from raylight_trainer.training.run_state import RunSettings
 from tests.conftest import ObjectStore
 from tests.e2e.kill import kill_after_epoch
 from tests.e2e.test_interrupt import runs_tagged, stop, wait_until

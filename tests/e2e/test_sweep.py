@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from raylight.api import SweepProgress, TuneSweep, parse_resource
 from raylight.api.tags import TAG_PROGRESS
-from raylight_trainer.runs import RunSettings
-from raylight_trainer.storage import Storage
-from raylight_trainer.sweep import run_sweep
+from raylight_trainer.runtime.storage import Storage
+from raylight_trainer.training.run_state import RunSettings
+from raylight_trainer.tuning.sweep import run_sweep
 from tests.e2e.kill import kill_after_epoch
 from tests.unit.test_data import write_imagefolder
 
@@ -165,7 +165,7 @@ def test_a_failed_trial_does_not_fail_the_sweep_but_fails_the_command(
     from rich.console import Console
 
     from raylight.cli import main
-    from raylight_trainer.driver import run_exit_code
+    from raylight_trainer.console.summary import run_exit_code
 
     write_imagefolder(workdir / "pets", classes=("cat", "dog"), per_class=8)
     doc = sweep_doc("with-failure", numSamples=4, searchSpace={"data.path": {"choice": ["pets", "missing"]}})
@@ -250,7 +250,7 @@ def test_a_signal_after_the_last_trial_ended_finishes_the_sweep(
 
     from ray import tune
 
-    from raylight_trainer.interrupt import handling_signals
+    from raylight_trainer.runtime.interrupt import handling_signals
 
     class SignalWhenTheLastTrialEnds(tune.Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:
@@ -265,3 +265,45 @@ def test_a_signal_after_the_last_trial_ended_finishes_the_sweep(
     assert result.interrupted is None and result.model_uri and result.counts()["succeeded"] == 1
     assert "SIGTERM received after the training ended" in capsys.readouterr().err
     assert MlflowClient(mlflow_server).get_run(result.parent_run_id).info.status == "FINISHED"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_sweep_saved_with_the_old_module_paths_resumes(tmp_path: Path, mlflow_server: str) -> None:
+    """A sweep interrupted on a release before the trainer's rooms: Tune's saved state (tuner.pkl)
+    names the sweep's progress callback by its old path, `raylight_trainer.sweep_progress`. The
+    state is made here with that path (the class registered there, as it was), then the path is
+    gone, as after the move; the resume must still read the state and finish the sweep."""
+    import signal
+    import sys
+    import types
+
+    from ray import tune
+
+    from raylight_trainer.runtime.interrupt import handling_signals
+    from raylight_trainer.tuning import progress
+    from raylight_trainer.tuning.old_paths import OLD_PATHS
+
+    class InterruptAfterTheFirstTrial(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+            signal.raise_signal(signal.SIGINT)  # the driver's handler stops Tune as Ctrl-C does
+
+    old = "raylight_trainer.sweep_progress"
+    assert OLD_PATHS[old] == ("raylight_trainer.tuning.progress", ("ProgressReporter",))
+    before = types.ModuleType(old)
+    before.ProgressReporter = progress.ProgressReporter  # type: ignore[attr-defined]
+    doc = sweep_doc("old-paths", numSamples=2, maxConcurrentTrials=1, scheduler={"fifo": {}})
+    doc["spec"]["trial"]["training"]["maxEpochs"] = 1
+    settings = RunSettings(tracking_uri=mlflow_server, storage=Storage.at(tmp_path))
+    sys.modules[old], progress.ProgressReporter.__module__ = before, old
+    try:
+        with handling_signals():
+            first = run_sweep(as_sweep(doc), settings, callbacks=[InterruptAfterTheFirstTrial()])
+    finally:
+        progress.ProgressReporter.__module__ = "raylight_trainer.tuning.progress"
+        del sys.modules[old]
+    assert first.interrupted == signal.SIGINT and first.counts()["succeeded"] == 1, first.counts()
+    assert old.encode() in (tmp_path / "default" / "old-paths" / "tuner.pkl").read_bytes()
+
+    resumed = run_sweep(as_sweep(doc), settings)
+    assert resumed.resumed and resumed.interrupted is None and resumed.model_uri
+    assert resumed.counts()["succeeded"] == 2 and resumed.parent_run_id == first.parent_run_id

@@ -12,10 +12,10 @@ from mlflow.tracking import MlflowClient
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_auroc, multiclass_f1_score
 
 from raylight.api import TuneSweep, parse_resource
-from raylight_trainer.attributions import ARTIFACT_DIR, ARTIFACT_NAME
-from raylight_trainer.data import load_data
-from raylight_trainer.runs import run_training_job
-from raylight_trainer.sweep import run_sweep
+from raylight_trainer.data.datasets import load_data
+from raylight_trainer.tracking.attributions import ARTIFACT_DIR, ARTIFACT_NAME
+from raylight_trainer.training.job import run_training_job
+from raylight_trainer.tuning.sweep import run_sweep
 from tests.e2e.test_training import job, settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]

@@ -12,9 +12,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raylight.api import TrainingJob, parse_resource
-from raylight_trainer.data import load_data
-from raylight_trainer.runs import RunSettings, run_training_job
-from raylight_trainer.storage import Storage
+from raylight_trainer.data.datasets import load_data
+from raylight_trainer.runtime.storage import Storage
+from raylight_trainer.training.job import run_training_job
+from raylight_trainer.training.run_state import RunSettings
 from tests.e2e.kill import kill_after_epoch
 from tests.unit.test_data import write_cifar10, write_cifar100, write_imagefolder
 

@@ -182,8 +182,8 @@ def test_model_gives_the_best_models_uri_from_status_and_downloads_its_files(
     from raylight.api import ModelSpec
     from raylight.api.tags import TAG_UID
     from raylight_trainer.model import VisionTransformer, config_from_spec
-    from raylight_trainer.tracking import log_model
-    from raylight_trainer.train import input_shape, model_card
+    from raylight_trainer.tracking.mlflow_runs import log_model
+    from raylight_trainer.training.workers import input_shape, model_card
 
     apply_training_job(kube_cluster, namespace)
     body = kube_cluster.get("tj", "vit-digits", namespace)

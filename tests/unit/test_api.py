@@ -270,7 +270,7 @@ def test_run_exits_non_zero_for_failed_trials_unless_they_are_allowed() -> None:
 
     from rich.console import Console
 
-    from raylight_trainer.driver import run_exit_code
+    from raylight_trainer.console.summary import run_exit_code
 
     sweep = {"kind": "TuneSweep", "succeeded": True, "trials": {"total": 4, "failed": 1}}
     said = io.StringIO()

@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from raylight.api import TrainingJob, parse_resource
-from raylight_trainer import module as module_file
 from raylight_trainer.model import ViTConfig
-from raylight_trainer.module import ImageClassifier
+from raylight_trainer.training import module as module_file
+from raylight_trainer.training.module import ImageClassifier
 
 TRAINING = {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.05, "momentum": 0.9,
             "warmup_epochs": 0.0, "label_smoothing": 0.0}
@@ -122,7 +122,7 @@ def test_channels_last_computes_what_contiguous_does_and_is_efficientnets_cpu_la
 
 
 def test_channels_last_defaults_where_it_was_measured_to_win() -> None:
-    from raylight_trainer.module import uses_channels_last
+    from raylight_trainer.training.module import uses_channels_last
 
     assert uses_channels_last("efficientnet", {}, on_gpu=False)
     assert not uses_channels_last("efficientnet", {}, on_gpu=True)  # not measured on a GPU yet

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from raylight.api import DataSpec
-from raylight_trainer.data import load_data
-from raylight_trainer.errors import DatasetError
+from raylight_trainer.data.datasets import load_data
+from raylight_trainer.runtime.errors import DatasetError
 
 
 def write_cifar10(root: Path, per_batch: int = 20) -> Path:
@@ -127,7 +127,7 @@ def test_tensor_transform_does_what_torchvision_v2_does(source: int, size: int, 
     training as one of the edge-padded crops (and their mirror images) v2 could have picked."""
     from torchvision.transforms import v2 as T
 
-    from raylight_trainer.data import TensorTransform
+    from raylight_trainer.data.datasets import TensorTransform
 
     mean, std = (0.3,) * channels, (0.4,) * channels
     image = torch.randint(0, 256, (channels, source, source), dtype=torch.uint8)
@@ -159,7 +159,7 @@ def test_tensor_transform_does_what_torchvision_v2_does(source: int, size: int, 
 ])
 def test_loader_workers_follow_the_cpus_a_worker_reserved(cpus: float, asked: int | None, expected: int) -> None:
     from raylight.api import TrialSpec
-    from raylight_trainer.train import loader_workers
+    from raylight_trainer.training.workers import loader_workers
 
     spec = TrialSpec.model_validate({"resources": {"cpusPerWorker": cpus},
                                      "data": {"dataset": "synthetic", "loaderWorkers": asked}})
@@ -170,7 +170,7 @@ def test_loaders_with_worker_processes_give_the_same_batches_as_in_process(tmp_p
     """The loaders of a 3-CPU worker load in 2 processes; validation batches (no augmentation)
     come out as they do in-process, and training batches cover the shard once."""
     from raylight.api import TrialSpec
-    from raylight_trainer.train import TrainingPath, build_loaders
+    from raylight_trainer.training.workers import TrainingPath, build_loaders
 
     folder = write_imagefolder(tmp_path)
     trial = {"data": {"dataset": "imagefolder", "path": str(folder), "validationFraction": 0.25},

@@ -11,10 +11,10 @@ import torch
 
 from raylight.api import DataSpec
 from raylight.api.pods import DATA_CACHE_ENV, DATA_CACHE_SIZE_ENV, STORAGE_SECRET_ENV
-from raylight_trainer import dataset_cache
-from raylight_trainer.data import load_data
-from raylight_trainer.errors import DatasetError
-from raylight_trainer.storage import Storage
+from raylight_trainer.data import cache as dataset_cache
+from raylight_trainer.data.datasets import load_data
+from raylight_trainer.runtime.errors import DatasetError
+from raylight_trainer.runtime.storage import Storage
 from tests.unit.test_data import check, write_cifar10, write_imagefolder
 
 

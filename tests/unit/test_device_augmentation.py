@@ -11,14 +11,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from raylight.api import DataSpec
-from raylight_trainer.data import (
+from raylight_trainer.data.datasets import (
     BatchTransform,
     TensorTransform,
     for_device_augmentation,
     load_data,
 )
 from raylight_trainer.model import ViTConfig
-from raylight_trainer.module import ImageClassifier
+from raylight_trainer.training.module import ImageClassifier
 from tests.unit.test_compile import TRAINING
 from tests.unit.test_data import write_cifar10, write_imagefolder
 

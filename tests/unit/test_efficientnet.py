@@ -7,7 +7,7 @@ import torch
 
 from raylight.api import ModelSpec
 from raylight_trainer.model import EfficientNet, EfficientNetConfig, config_from_spec, count_parameters, create_model
-from raylight_trainer.module import ImageClassifier
+from raylight_trainer.training.module import ImageClassifier
 
 timm_effnet = pytest.importorskip("timm.models.efficientnet")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from raylight_trainer import interrupt
-from raylight_trainer.procfs import all_pids, stat_fields
+from raylight_trainer.runtime import interrupt
+from raylight_trainer.runtime.procfs import all_pids, stat_fields
 
 
 def test_outside_a_graceful_stop_the_first_signal_stops_at_once_and_is_remembered() -> None:

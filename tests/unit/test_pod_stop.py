@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from raylight.api.pods import DRIVER_PID_FILE_ENV
-from raylight_trainer import pod_stop
+from raylight_trainer.runtime import pod_stop
 
 # A driver as the trainer's is: it writes its PID, takes a while to stop on SIGTERM, then exits 143.
 DRIVER = textwrap.dedent("""
     import signal, sys, time
-    from raylight_trainer.pod_stop import write_driver_pid
+    from raylight_trainer.runtime.pod_stop import write_driver_pid
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(time.monotonic()))
     write_driver_pid()
@@ -46,7 +46,7 @@ def test_the_driver_is_asked_to_stop_and_waited_for(tmp_path: Path) -> None:
         # The hook is another process, as kubelet runs it; the driver's parent reaps it meanwhile.
         reaper = threading.Thread(target=driver.wait)
         reaper.start()
-        hook = subprocess.run([sys.executable, "-m", "raylight_trainer.pod_stop", "driver", "--within", "20"],
+        hook = subprocess.run([sys.executable, "-m", "raylight_trainer.runtime.pod_stop", "driver", "--within", "20"],
                               env=env, capture_output=True, text=True, timeout=30)
         reaper.join()
         assert hook.returncode == 0, hook.stderr

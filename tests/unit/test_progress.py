@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from raylight.api import BestTrial, TuneSweepStatus
-from raylight_trainer.progress import LiveTrials, TrialTable
+from raylight_trainer.console.progress import LiveTrials, TrialTable
 
 
 def test_trial_table_marks_trials_ended_before_max_t_as_stopped() -> None:
@@ -81,7 +81,7 @@ def test_a_trial_cut_by_an_interrupt_is_said_to_resume_not_to_have_finished() ->
 
     import pytest
 
-    from raylight_trainer import interrupt
+    from raylight_trainer.runtime import interrupt
 
     out = io.StringIO()
     callback = LiveTrials(TrialTable("val_acc", max_t=3), Console(file=out, width=120))

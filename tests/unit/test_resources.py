@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raylight.api import TrialSpec
-from raylight_trainer.resources import ResourceError, check_fits, concurrency_that_fits
+from raylight_trainer.training.resources import ResourceError, check_fits, concurrency_that_fits
 
 
 def trial(**resources: float) -> TrialSpec:
@@ -41,7 +41,7 @@ def test_a_one_worker_trial_reserves_its_worker_a_worker_group_trial_only_its_dr
     """A one-worker trial trains in its Tune trial's process, which therefore holds the worker's CPU
     and GPU (fractional GPUs pack as before); a data-parallel trial's workers are Ray Train's
     placement group, so its Tune trial holds only the driver's memory. The sampled config counts."""
-    from raylight_trainer.resources import TRIAL_DRIVER_RESOURCES, trial_resources
+    from raylight_trainer.training.resources import TRIAL_DRIVER_RESOURCES, trial_resources
 
     base = {"resources": {"workers": 1, "cpusPerWorker": 2}}
     assert trial_resources({"resources.gpusPerWorker": 0.25}, base).required_resources == {"CPU": 2.0, "GPU": 0.25}

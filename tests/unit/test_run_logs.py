@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from raylight_trainer.run_logs import RESUMED_MARKER
+from raylight_trainer.tracking.logs import RESUMED_MARKER
 
 
 def run_python(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
@@ -39,7 +39,7 @@ def test_the_tee_copies_python_and_native_output_and_passes_it_on(tmp_path: Path
     done = run_python("""
         import subprocess, sys
         from pathlib import Path
-        from raylight_trainer.run_logs import OutputTee
+        from raylight_trainer.tracking.logs import OutputTee
         tee = OutputTee(Path("out.log"))
         tee.start()
         print("from python")
@@ -63,7 +63,7 @@ def test_a_run_keeps_its_log_across_attempts_and_a_failure_ends_it(tmp_path: Pat
         import tempfile
         from pathlib import Path
         from mlflow.tracking import MlflowClient
-        from raylight_trainer.run_logs import kept_output
+        from raylight_trainer.tracking.logs import kept_output
         with kept_output("worker-0.log", {uri!r}, {run_id!r}) as keeper:
             keeper.say("attempt one, epoch 1")  # as EpochLine does: in MLflow before the epoch is reported
             with tempfile.TemporaryDirectory() as scratch:
@@ -72,7 +72,7 @@ def test_a_run_keeps_its_log_across_attempts_and_a_failure_ends_it(tmp_path: Pat
     """, tmp_path)
     assert first.returncode == 0 and "uploaded True" in first.stdout, first.stderr
     second = run_python(f"""
-        from raylight_trainer.run_logs import kept_output
+        from raylight_trainer.tracking.logs import kept_output
         with kept_output("worker-0.log", {uri!r}, {run_id!r}):
             print("attempt two")
             raise ValueError("no such dataset: /data/missing")
@@ -89,7 +89,7 @@ def test_a_run_keeps_its_log_across_attempts_and_a_failure_ends_it(tmp_path: Pat
 def test_a_log_without_a_run_yet_is_kept_once_the_run_is_named(tmp_path: Path) -> None:
     uri, client, run_id = store(tmp_path)
     done = run_python(f"""
-        from raylight_trainer.run_logs import kept_output
+        from raylight_trainer.tracking.logs import kept_output
         with kept_output("driver.log") as keeper:
             print("before the run exists", flush=True)
             keeper.upload()  # no run yet: nothing to do, nothing raised

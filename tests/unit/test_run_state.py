@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from raylight.api import TrialSpec
-from raylight_trainer.runs import claim_run_dir, save_state, spec_hash
-from raylight_trainer.storage import Storage
+from raylight_trainer.runtime.storage import Storage
+from raylight_trainer.training.run_state import claim_run_dir, save_state, spec_hash
 
 
 @pytest.fixture(params=["directory", "s3"])

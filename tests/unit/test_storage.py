@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from raylight.api.pods import STORAGE_SECRET_ENV
-from raylight_trainer.errors import StorageError
-from raylight_trainer.storage import Storage
+from raylight_trainer.runtime.errors import StorageError
+from raylight_trainer.runtime.storage import Storage
 
 
 def test_locations_parse_to_a_directory_or_a_bucket_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +99,7 @@ def test_a_store_out_of_reach_names_its_endpoint(s3_bucket: str, monkeypatch: py
 def test_errors_name_the_spec_field_in_the_operators_pods_and_the_option_locally(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from raylight.api.pods import RUN_BY_OPERATOR_ENV
-    from raylight_trainer.placement import storage_field
+    from raylight_trainer.runtime.placement import storage_field
 
     monkeypatch.delenv(RUN_BY_OPERATOR_ENV, raising=False)
     assert storage_field() == "--storage-path"

@@ -9,7 +9,7 @@ import torch
 
 from raylight.api import ModelSpec
 from raylight_trainer.model import VisionTransformer, ViTConfig, count_parameters
-from raylight_trainer.module import ImageClassifier, parameter_groups, warmup_cosine
+from raylight_trainer.training.module import ImageClassifier, parameter_groups, warmup_cosine
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from raylight_trainer.tracking import WandbEpochLogger
+from raylight_trainer.tracking.mlflow_runs import WandbEpochLogger
 
 
 class RecordedRun:

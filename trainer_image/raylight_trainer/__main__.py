@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from .driver import exit_quickly, main
-from .pod_stop import write_driver_pid
-from .run_logs import kept_driver_output
+from .runtime.pod_stop import write_driver_pid
+from .tracking.logs import kept_driver_output
 
 if __name__ == "__main__":
     # In the head pod, the pod's preStop hook finds the driver by this file to stop it gracefully.

@@ -23,21 +23,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from rich.console import Console
 from rich.markup import escape
 
-from raylight.api import ManifestError, SpecError, TrainingJob, TuneSweep, read_manifests
+from raylight.api import ManifestError, TrainingJob, TuneSweep, read_manifests
 from raylight.api.cluster import is_object_store
 from raylight.api.manifest import no_resource_error
 
-from .placement import ray_cluster_address, storage_field
-from .storage import Storage
-from .summary import is_local_store
+from .console.summary import EXIT_FAILED, EXIT_OK, is_local_store, print_errors, run_exit_code
+from .runtime.placement import ray_cluster_address, storage_field
+from .runtime.storage import Storage
 
 if TYPE_CHECKING:  # the module itself imports torch and MLflow
-    from .runs import RunSettings
+    from .training.run_state import RunSettings
 
-# Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
-# trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own);
-# 128 + N: stopped by signal N, as a shell reports it.
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 @dataclass
@@ -60,7 +56,7 @@ def free_port() -> int:
 def start_ray(num_cpus: int | None, verbose: bool) -> None:
     import ray
 
-    from .interrupt import starting_ray
+    from .runtime.interrupt import starting_ray
 
     if ray.is_initialized():
         return
@@ -104,8 +100,8 @@ def _data_dir(option: str | None) -> str | None:
 
 
 def settings_for(options: RunOptions, spec_uri: str | None) -> RunSettings:
-    from .runs import RunSettings
-    from .tracking import local_store_uri
+    from .tracking.mlflow_runs import local_store_uri
+    from .training.run_state import RunSettings
 
     workdir = Path.cwd()
     uri = options.tracking_uri or spec_uri or local_store_uri(workdir)
@@ -141,7 +137,7 @@ def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
 
 def run_resource(resource: TrainingJob | TuneSweep, options: RunOptions, console: Console) -> dict[str, Any]:
     """Run one resource to the end; return the machine-readable summary."""
-    from . import timeline
+    from .runtime import timeline
 
     # First: an object store that refuses the credentials or lacks the bucket fails in a second, with
     # the URI and the Secret named, not in a trial's traceback minutes later.
@@ -158,9 +154,9 @@ def run_resource(resource: TrainingJob | TuneSweep, options: RunOptions, console
 
 
 def _run_sweep(sweep: TuneSweep, settings: RunSettings, options: RunOptions, console: Console) -> dict[str, Any]:
-    from .interrupt import signal_name
-    from .progress import LiveTrials, TrialTable
-    from .sweep import run_sweep
+    from .console.progress import LiveTrials, TrialTable
+    from .runtime.interrupt import signal_name
+    from .tuning.sweep import run_sweep
 
     table = TrialTable(sweep.spec.objective.metric, sweep.spec.max_t())
     result = run_sweep(sweep, settings, callbacks=[LiveTrials(table, console)], fresh=options.fresh)
@@ -199,10 +195,10 @@ def _run_sweep(sweep: TuneSweep, settings: RunSettings, options: RunOptions, con
 def _run_job(job: TrainingJob, settings: RunSettings, options: RunOptions, console: Console) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
-    from .interrupt import signal_name
-    from .progress import EpochProgress
-    from .runs import run_training_job
-    from .tracking import TAG_KIND, TAG_NAME, TAG_NAMESPACE, find_run
+    from .console.progress import EpochProgress
+    from .runtime.interrupt import signal_name
+    from .tracking.mlflow_runs import TAG_KIND, TAG_NAME, TAG_NAMESPACE, find_run
+    from .training.job import run_training_job
 
     metric = job.spec.objective.metric
     progress = EpochProgress(console, settings.tracking_uri, job.spec.training.max_epochs, metric)
@@ -242,8 +238,6 @@ def _run_job(job: TrainingJob, settings: RunSettings, options: RunOptions, conso
         "interrupted": signal_name(result.interrupted) if result.interrupted else None,
         "succeeded": result.state == "succeeded",
     }
-
-
 
 
 def add_run_arguments(run: argparse.ArgumentParser) -> None:
@@ -286,11 +280,6 @@ def _export_data_cache(args: argparse.Namespace) -> None:
         os.environ[DATA_CACHE_SIZE_ENV] = args.data_cache_size
 
 
-def print_errors(console: Console, errors: list[SpecError]) -> None:
-    for error in errors:
-        console.print(f"[red]error[/red] {escape(str(error))}", soft_wrap=True)
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Run every resource of a manifest file in turn; print their summaries; return the exit code."""
     # Progress and logs go to stderr, so that `--output json` leaves stdout machine-readable.
@@ -311,7 +300,7 @@ def run_command(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus, fresh=args.fresh, verbose=args.verbose,
     )
     _export_data_cache(args)
-    from .interrupt import handling_signals
+    from .runtime.interrupt import handling_signals
 
     summaries: list[dict[str, Any]] = []
     with handling_signals():
@@ -330,11 +319,11 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_one(resource: TrainingJob | TuneSweep, options: RunOptions, args: argparse.Namespace,
              console: Console) -> tuple[dict[str, Any] | None, int]:
     """One resource's summary (printed), or None and the exit code when it could not run."""
-    from .errors import DatasetError, StorageError
-    from .interrupt import exit_code as interrupt_exit_code
-    from .interrupt import received_signal, signal_name
-    from .resources import ResourceError
-    from .summary import print_summary
+    from .console.summary import print_summary
+    from .runtime.errors import DatasetError, StorageError
+    from .runtime.interrupt import exit_code as interrupt_exit_code
+    from .runtime.interrupt import received_signal, signal_name
+    from .training.resources import ResourceError
 
     address = ray_cluster_address()
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
@@ -357,22 +346,6 @@ def _run_one(resource: TrainingJob | TuneSweep, options: RunOptions, args: argpa
     return summary, EXIT_OK
 
 
-def run_exit_code(summaries: list[dict[str, Any]], allow_failed_trials: bool, console: Console) -> int:
-    """The verdict on a command's runs: 1 for a failed run, and for a sweep some of whose trials
-    failed unless that is allowed (the operator's driver allows it: the sweep's status counts them)."""
-    stopped_by = next((s["interrupted"] for s in summaries if s.get("interrupted")), None)
-    if stopped_by:  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended
-        return 128 + int(signal.Signals[stopped_by])
-    if not all(s["succeeded"] for s in summaries):
-        return EXIT_FAILED
-    failed_trials = sum((s.get("trials") or {}).get("failed", 0) for s in summaries)
-    if failed_trials and not allow_failed_trials:
-        console.print(f"[red]{failed_trials} trial(s) failed[/red]: exit {EXIT_FAILED} "
-                      "(--allow-failed-trials accepts a sweep whose best trial is enough)")
-        return EXIT_FAILED
-    return EXIT_OK
-
-
 def exit_quickly(code: int) -> NoReturn:
     """End the process once its command is over, as a normal exit does but for the interpreter's
     own teardown: the threads it would wait for are joined and every exit handler runs (Ray's
@@ -382,7 +355,7 @@ def exit_quickly(code: int) -> NoReturn:
     of it."""
     import atexit
 
-    from .interrupt import ending_at_once_on_a_signal
+    from .runtime.interrupt import ending_at_once_on_a_signal
 
     ending_at_once_on_a_signal(code)
     for thread in threading.enumerate():

@@ -5,7 +5,7 @@
 DRIVER_PID_FILE_ENV = "RAYLIGHT_DRIVER_PID_FILE"
 DRIVER_PID_FILE = "/tmp/raylight/driver.pid"
 # `python -m POD_STOP_MODULE {driver,workers} --within SECONDS`: the Ray pods' preStop hook.
-POD_STOP_MODULE = "raylight_trainer.pod_stop"
+POD_STOP_MODULE = "raylight_trainer.runtime.pod_stop"
 # Seconds of a pod's grace period kept for Ray's own shutdown after the hook returns.
 RAY_SHUTDOWN_SECONDS = 5
 # Set in every Ray container the operator makes: the trainer's errors then name the spec's fields

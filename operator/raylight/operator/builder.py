@@ -279,7 +279,7 @@ def shared_storage_path(resource: Resource) -> str:
 
 def stopping_gracefully(container: dict[str, Any], role: str, grace_seconds: int) -> dict[str, Any]:
     """A Ray container whose pod, when Kubernetes stops it, lets the run stop as Ctrl-C stops it
-    (raylight_trainer.pod_stop): `ray start` itself kills its pod's Ray processes on SIGTERM.
+    (raylight_trainer.runtime.pod_stop): `ray start` itself kills its pod's Ray processes on SIGTERM.
     role "driver" (the head) stops the driver; "workers" wait until it has."""
     within = str(grace_seconds - RAY_SHUTDOWN_SECONDS)
     hook = {"preStop": {"exec": {"command": ["python", "-m", POD_STOP_MODULE, role, "--within", within]}}}

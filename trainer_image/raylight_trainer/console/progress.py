@@ -128,7 +128,7 @@ class LiveTrials(Callback):
         self._refresh(trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from .interrupt import received_signal
+        from ..runtime.interrupt import received_signal
 
         # On Ctrl-C/SIGTERM, Tune ends the running trials after saving them as running: they resume.
         self._refresh(trial, state="INTERRUPTED" if received_signal() is not None else "TERMINATED")
@@ -137,7 +137,7 @@ class LiveTrials(Callback):
         self._refresh(trial, state="ERROR")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        from .interrupt import received_signal
+        from ..runtime.interrupt import received_signal
 
         interrupted = received_signal() is not None
         for trial in trials:

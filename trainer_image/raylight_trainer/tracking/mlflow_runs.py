@@ -16,6 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from raylight.api.tags import (  # noqa: F401  (re-exported for the trainer's modules)
     TAG_BEST_TRIAL_ID,
+    TAG_INTERRUPTED,
     TAG_KIND,
     TAG_MODEL_URI,
     TAG_NAME,
@@ -291,3 +292,18 @@ def log_model(
     uri = f"models:/{registered_model_name}/{version}" if registered_model_name and version else str(info.model_uri)
     MlflowClient(tracking_uri).set_tag(run_id, TAG_MODEL_URI, uri)
     return uri
+
+
+def set_final(client: MlflowClient, run_id: str, status: str) -> None:
+    client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
+
+
+def resumed_run(client: MlflowClient, run_id: str) -> None:
+    """A run taken up again: no longer marked as interrupted."""
+    if TAG_INTERRUPTED in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, TAG_INTERRUPTED)
+
+
+def with_run(wandb: dict[str, Any] | None, run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """W&B settings for one run: its id is the MLflow run's, so a resumed run continues it."""
+    return {**wandb, "run_id": run_id, "name": name, "config": config} if wandb else None

@@ -1,34 +1,24 @@
-"""A TrainingJob: one distributed run, tracked as one MLflow run; helpers shared with sweeps."""
+"""A TrainingJob: one distributed run, tracked as one MLflow run, resumed where it was interrupted."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
-import posixpath
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel
 
 from raylight.api import TrainingJob
 from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED
 
-from .attributions import PendingAttributions
-from .interrupt import finishing_up, in_background_thread, received_signal, signal_name
-from .resources import check_fits
-from .run_logs import keep_driver_log
-from .storage import Storage
-from .tracking import (
+from ..runtime.interrupt import finishing_up, in_background_thread, received_signal, signal_name
+from ..tracking.attributions import PendingAttributions
+from ..tracking.logs import keep_driver_log
+from ..tracking.mlflow_runs import (
     TAG_STATE,
     ensure_experiment,
     flatten,
@@ -38,22 +28,16 @@ from .tracking import (
     metric_history,
     resolved_spec,
     resource_tags,
+    resumed_run,
     root_cause,
+    set_final,
     wandb_settings,
+    with_run,
 )
-from .train import REPORTED_METRICS, build_trainer, input_shape, load_checkpoint_model, model_card, trial_part
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSettings:
-    """Where a run keeps its state: MLflow, Ray storage (checkpoints, Tune state), datasets."""
-
-    tracking_uri: str
-    storage: Storage
-    data_dir: str | None = None
-    artifact_root: Path | None = None  # set for local (file/SQLite) MLflow stores
+from .checkpoints import best_checkpoint_model, prune_unrecorded_checkpoints, train_result
+from .resources import check_fits
+from .run_state import RunSettings, claim_run_dir, local_dir, save_state, spec_hash
+from .workers import REPORTED_METRICS, build_trainer, input_shape, model_card, trial_part
 
 
 @dataclass
@@ -73,109 +57,6 @@ class JobResult:
     wall_seconds: float
     attributions_uri: str | None = None
     interrupted: int | None = None  # the signal that stopped it before it ended (resume: run it again)
-
-
-STATE_FILE = "raylight-state.json"
-
-
-# Fields that say where and whether a run goes, not what it trains: changing them resumes.
-_PLACEMENT_FIELDS = {"cluster", "suspend"}
-
-
-def spec_hash(spec: BaseModel) -> str:
-    # Defaults left out: a release that adds a field must not restart interrupted runs.
-    trained = spec.model_dump(mode="json", exclude=_PLACEMENT_FIELDS, exclude_defaults=True)
-    return hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def claim_run_dir(run_dir: Storage, digest: str, fresh: bool, uid: str | None = None) -> dict[str, Any]:
-    """The saved state of an interrupted run of the same spec, to resume; else {}.
-
-    A finished run, a changed spec, another resource of the same name (a deleted and re-created
-    one: its uid differs, and the operator finds runs by uid) or `fresh` starts over: earlier
-    results are moved aside (kept, never mixed with the new run's).
-    """
-    state = saved_state(run_dir)
-    same_resource = uid is None or state.get("uid") in (None, uid)
-    if state.get("spec_hash") == digest and not state.get("finished") and not fresh and same_resource:
-        return state
-    run_dir.move_aside()
-    return {}
-
-
-def saved_state(run_dir: Storage) -> dict[str, Any]:
-    """The run directory's state file ({} where there is none yet)."""
-    text = (run_dir / STATE_FILE).read_text()
-    return dict(json.loads(text)) if text else {}
-
-
-def save_state(run_dir: Storage, **values: Any) -> None:
-    (run_dir / STATE_FILE).write_text(json.dumps({**saved_state(run_dir), **values}))
-
-
-def set_final(client: MlflowClient, run_id: str, status: str) -> None:
-    client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
-
-
-def resumed_run(client: MlflowClient, run_id: str) -> None:
-    """A run taken up again: no longer marked as interrupted."""
-    if TAG_INTERRUPTED in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, TAG_INTERRUPTED)
-
-
-def train_result(run_dir: Storage) -> ray.train.Result | None:
-    """Ray Train's record of a run directory: its checkpoints and their metrics (None if none)."""
-    from ray.train import Result
-
-    if not run_dir.exists():
-        return None
-    try:
-        return Result.from_path(run_dir.path, storage_filesystem=run_dir.ray_filesystem)
-    except Exception:
-        return None
-
-
-def best_checkpoint_model(result: ray.train.Result | None, metric: str, mode: str) -> torch.nn.Module | None:
-    """The model at the best checkpoint of a Ray Train run's record (None if it kept none); from an
-    object store, the checkpoint is downloaded to a temporary directory first."""
-    if result is None:
-        return None
-    candidates = [(ckpt, m) for ckpt, m in (result.best_checkpoints or []) if metric in m]
-    if not candidates:
-        return None
-    pick = max if mode == "max" else min
-    checkpoint, _ = pick(candidates, key=lambda item: float(item[1][metric]))
-    with checkpoint.as_directory() as directory:
-        return load_checkpoint_model(directory)
-
-
-def prune_unrecorded_checkpoints(run_dir: Storage, result: ray.train.Result | None) -> list[str]:
-    """Delete the checkpoints of a finished Ray Train run that its record (`train_result(run_dir)`)
-    does not list; their names.
-
-    Ray Train's controller learns of a worker's checkpoint by polling it (every few seconds). A
-    worker that dies takes the reports not yet collected with it: their checkpoints were uploaded,
-    but are never counted against checkpointsToKeep nor deleted, so every failure could leave some
-    behind for good. Only for a run that ended well: nothing resumes from them."""
-    from pyarrow.fs import FileSelector, FileType
-
-    if result is None:
-        return []
-    recorded = {posixpath.normpath(ckpt.path) for ckpt, _ in result.best_checkpoints or []}
-    if result.checkpoint is not None:
-        recorded.add(posixpath.normpath(result.checkpoint.path))
-    if not recorded:
-        return []  # a record without checkpoints: not one to judge the directory by
-    filesystem, pruned = run_dir.filesystem, []
-    try:
-        for info in filesystem.get_file_info(FileSelector(run_dir.path, allow_not_found=True)):
-            if (info.type == FileType.Directory and info.base_name.startswith("checkpoint_")
-                    and posixpath.normpath(info.path) not in recorded):
-                filesystem.delete_dir(info.path)
-                pruned.append(info.base_name)
-    except OSError as exc:  # only space: the run's results stand without it
-        log.warning("could not delete the unrecorded checkpoints under %s: %s", run_dir, exc)
-    return pruned
 
 
 def run_training_job(job: TrainingJob, settings: RunSettings, fresh: bool = False) -> JobResult:
@@ -269,20 +150,6 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
         metrics=last, model_uri=model_uri, error=error, wall_seconds=time.monotonic() - started,
         attributions_uri=attributions_uri,
     )
-
-
-def local_dir(storage: Storage) -> Path:
-    """A local directory for what must stay on a disk (W&B's files): the storage's own directory, or
-    for an object store one under the system's temporary directory named after the run."""
-    local = storage.local_path()
-    if local is not None:
-        return local
-    return Path(tempfile.gettempdir()) / "raylight" / storage.path
-
-
-def with_run(wandb: dict[str, Any] | None, run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
-    """W&B settings for one run: its id is the MLflow run's, so a resumed run continues it."""
-    return {**wandb, "run_id": run_id, "name": name, "config": config} if wandb else None
 
 
 def _node_resources() -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ from torch import nn
 
 from raylight.api import InterpretabilitySpec, TrialSpec
 
-from .data import ImageData, load_data
-from .placement import ray_cluster_address
-from .tracking import root_cause
+from ..data.datasets import ImageData, load_data
+from ..runtime.placement import ray_cluster_address
+from .mlflow_runs import root_cause
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "attributions"

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raylight.api.pods import DRIVER_PID_FILE, DRIVER_PID_FILE_ENV
-from raylight_trainer.procfs import stat_fields
+from raylight_trainer.runtime.procfs import stat_fields
 
 POLL_SECONDS = 0.5
 DASHBOARD_PORT = 8265

@@ -19,8 +19,7 @@ from ray import tune
 from raylight.api import BestTrial, SweepProgress, TrialCounts
 from raylight.api.tags import TAG_ERROR, TAG_PROGRESS
 
-from .runs import set_final
-from .tracking import TAG_STATE, TAG_STOPPED_EARLY, TAG_TRIAL_ID, find_run
+from ..tracking.mlflow_runs import TAG_STATE, TAG_STOPPED_EARLY, TAG_TRIAL_ID, find_run, set_final
 
 log = logging.getLogger(__name__)
 _FINAL_STATUS = {"succeeded": "FINISHED", "stopped_early": "FINISHED", "failed": "FAILED"}

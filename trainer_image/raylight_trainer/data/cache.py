@@ -27,9 +27,9 @@ from typing import Any
 from raylight.api.cluster import quantity_bytes
 from raylight.api.pods import DATA_CACHE_ENV, DATA_CACHE_SIZE_ENV
 
-from .errors import DatasetError, StorageError
-from .placement import setting
-from .storage import Storage, credentials_source, explained
+from ..runtime.errors import DatasetError, StorageError
+from ..runtime.placement import setting
+from ..runtime.storage import Storage, credentials_source, explained
 
 DEFAULT_CACHE_SIZE = "50Gi"
 _META = "raylight-dataset.json"

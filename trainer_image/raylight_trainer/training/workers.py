@@ -20,14 +20,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from raylight.api import ObjectiveSpec, TrialSpec
 from raylight.api.tags import worker_log
 
-from . import timeline
-from .data import for_device_augmentation, load_data
-from .model import ModelConfig, config_from_spec
+from ..data.datasets import for_device_augmentation, load_data
+from ..model import ModelConfig, config_from_spec
+from ..runtime import timeline
+from ..runtime.storage import Storage
+from ..runtime.timeline_hooks import EpochMarks
+from ..tracking.logs import LogKeeper, kept_output, say
+from ..tracking.mlflow_runs import MlflowEpochLogger, WandbEpochLogger
 from .module import ImageClassifier
-from .run_logs import LogKeeper, kept_output, say
-from .storage import Storage
-from .timeline_hooks import EpochMarks
-from .tracking import MlflowEpochLogger, WandbEpochLogger
 
 REPORTED_METRICS = ("train_loss", "val_loss", "val_acc", "val_f1", "val_auroc", "lr")
 CHECKPOINT_FILE = RayTrainReportCallback.CHECKPOINT_NAME
@@ -357,7 +357,7 @@ def model_card(model: torch.nn.Module, dataset: str) -> dict[str, Any]:
     network's config, and how images become its input."""
     from dataclasses import asdict
 
-    from .data import NORMALIZATION
+    from ..data.datasets import NORMALIZATION
 
     cfg: ModelConfig = model.cfg  # type: ignore[assignment]
     mean, std = NORMALIZATION[dataset]

@@ -19,8 +19,8 @@ from torchvision.transforms import v2 as T
 from raylight.api import DataSpec
 from raylight.api.cluster import is_object_store
 
-from .dataset_cache import cached_dataset
-from .errors import DatasetError
+from ..runtime.errors import DatasetError
+from .cache import cached_dataset
 
 FILE_DATASETS = ("cifar10", "cifar100", "imagefolder")
 # The validation split must not depend on the trial's seed: trials are compared on it.

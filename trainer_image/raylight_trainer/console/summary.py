@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from .placement import ray_cluster_address
+from raylight.api import SpecError
+
+from ..runtime.placement import ray_cluster_address
+
+# Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
+# trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own);
+# 128 + N: stopped by signal N, as a shell reports it.
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def is_local_store(uri: str) -> bool:
@@ -73,3 +82,24 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_row("took", f"{summary['wallSeconds']} s")
     style = "green" if summary["succeeded"] else "red"
     console.print(Panel(table, title=f"{summary['kind']} {summary['name']}", border_style=style))
+
+
+def print_errors(console: Console, errors: list[SpecError]) -> None:
+    for error in errors:
+        console.print(f"[red]error[/red] {escape(str(error))}", soft_wrap=True)
+
+
+def run_exit_code(summaries: list[dict[str, Any]], allow_failed_trials: bool, console: Console) -> int:
+    """The verdict on a command's runs: 1 for a failed run, and for a sweep some of whose trials
+    failed unless that is allowed (the operator's driver allows it: the sweep's status counts them)."""
+    stopped_by = next((s["interrupted"] for s in summaries if s.get("interrupted")), None)
+    if stopped_by:  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended
+        return 128 + int(signal.Signals[stopped_by])
+    if not all(s["succeeded"] for s in summaries):
+        return EXIT_FAILED
+    failed_trials = sum((s.get("trials") or {}).get("failed", 0) for s in summaries)
+    if failed_trials and not allow_failed_trials:
+        console.print(f"[red]{failed_trials} trial(s) failed[/red]: exit {EXIT_FAILED} "
+                      "(--allow-failed-trials accepts a sweep whose best trial is enough)")
+        return EXIT_FAILED
+    return EXIT_OK
