@@ -1,9 +1,11 @@
-"""The spec models and the CLI's validate path stay light: no torch, no ray, no mlflow."""
+"""Imports that keep the parts apart: the spec models and the CLI stay light (no torch, ray or mlflow), the
+trainer depends on `raylight.api` alone of ours, and its rooms import one way."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_api_and_cli_do_not_import_heavy_frameworks() -> None:
@@ -35,3 +37,73 @@ def test_the_trainer_depends_on_the_api_alone_of_the_operator_package() -> None:
                         and not name.startswith("raylight.api."):
                     offending.append(f"{path.name}:{node.lineno} imports {name}")
     assert not offending, offending
+
+
+# The trainer's rooms and the rooms each may import (the top level, the driver, may import all):
+# what runs in a pod never imports the console; models and data never import tuning or tracking.
+ROOMS_MAY_IMPORT = {
+    "runtime": set(),
+    "model": set(),
+    "data": {"runtime"},
+    "tracking": {"runtime", "data"},
+    "training": {"runtime", "data", "model", "tracking"},
+    "tuning": {"runtime", "data", "model", "tracking", "training"},
+    "console": {"runtime"},
+}
+
+
+def room_imports(package: Path) -> list[tuple[str, str, str, list[str]]]:
+    """(file, importing room, imported room, names) for every import of one room by another,
+    inside functions too, relative imports resolved; the package's top level counts as a room."""
+    import ast
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        room = parts[0] if len(parts) > 1 else "(top)"
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = list(parts[:-1])[: len(parts) - node.level]
+                module = [*base, *(node.module.split(".") if node.module else [])]
+            elif (node.module or "").startswith("raylight_trainer."):
+                module = (node.module or "").split(".")[1:]
+            else:
+                continue
+            target = module[0] if len(module) > 1 or (module and (package / module[0]).is_dir()) else "(top)"
+            if target != room:
+                found.append((f"{'/'.join(parts)}:{node.lineno}", room, target, [a.name for a in node.names]))
+    return found
+
+
+def test_the_trainers_rooms_import_one_way_and_no_rooms_private_names() -> None:
+    """`raylight_trainer`'s rooms (its sub-packages) import only the rooms below them, and only
+    their public names: a back edge (say `data` importing `tracking`) or a reach into another
+    room's `_private` name fails here, naming the file and line."""
+    import raylight_trainer
+
+    package = Path(next(iter(raylight_trainer.__path__)))
+    assert set(ROOMS_MAY_IMPORT) == {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    back_edges = [f"{where}: {room} imports {target}" for where, room, target, _ in room_imports(package)
+                  if room != "(top)" and target not in ROOMS_MAY_IMPORT[room]]
+    private = [f"{where}: {name} from {target}" for where, _, target, names in room_imports(package)
+               for name in names if name.startswith("_")]
+    assert not back_edges, back_edges
+    assert not private, private
+
+
+def test_every_package_is_in_pyprojects_list() -> None:
+    """The wheel (and so the images) holds only the packages pyproject.toml lists; an editable
+    install finds the others anyway, so a new room left out would fail only in the pods."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    settings = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(settings["packages"])
+    on_disk = set()
+    for name, directory in settings["package-dir"].items():
+        for init in (repo / directory).rglob("__init__.py"):
+            relative = init.parent.relative_to(repo / directory).parts
+            on_disk.add(".".join([name, *relative]))
+    assert on_disk == listed, f"not listed: {sorted(on_disk - listed)}; listed, not there: {sorted(listed - on_disk)}"
