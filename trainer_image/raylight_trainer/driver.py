@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # the module itself imports torch and MLflow
     from .training.run_state import RunSettings
 
 
-
 @dataclass
 class RunOptions:
     tracking_uri: str | None = None

@@ -21,9 +21,7 @@ from ..tracking.mlflow_runs import (
     set_final,
 )
 from ..training.checkpoints import best_checkpoint_model, train_result
-from ..training.workers import (
-    load_checkpoint_model,
-)
+from ..training.workers import load_checkpoint_model
 from .progress import trial_error, trial_state
 
 

@@ -1,6 +1,6 @@
 """What one Tune trial runs: its spec resolved from the sampled config, its MLflow child run, its
 training (in the trial's own process, or a Ray Train worker group). Tune pickles `run_trial` and
-`TrialContext` into the experiment's state by module path (see `raylight_trainer.sweep`)."""
+`TrialContext` by module path (a trial's actor imports them; `old_paths` keeps a saved sweep's old paths)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,7 @@ from ..tracking.mlflow_runs import (
 )
 from ..training.checkpoints import prune_unrecorded_checkpoints, train_result
 from ..training.resources import trains_in_trial
-from ..training.workers import (
-    build_trainer,
-    fit_in_trial,
-    worker_config,
-)
+from ..training.workers import build_trainer, fit_in_trial, worker_config
 
 
 def to_tune(dist: Distribution) -> Any:
