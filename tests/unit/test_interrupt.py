@@ -139,3 +139,14 @@ def test_a_signal_while_the_process_exits_ends_it_at_once_and_its_ray_processes_
     assert "SIGINT while exiting: stopped at once" in stderr and "Traceback" not in stderr, stderr
     time.sleep(1)  # a killed process is gone once its parent (Ray's raylet, or init) has reaped it
     assert not in_session(process.pid), "Ray's processes outlived their driver"
+
+
+def test_a_signal_belongs_to_the_run_it_stopped() -> None:
+    """Once the command's handling ends, the signal it received is forgotten: a later run in the same
+    process (`raylight run` called twice, or a library caller) is not treated as asked to stop,
+    which would skip its attributions and call it interrupted."""
+    with interrupt.handling_signals(), interrupt.finishing_up():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0.1)
+        assert interrupt.received_signal() == signal.SIGTERM
+    assert interrupt.received_signal() is None

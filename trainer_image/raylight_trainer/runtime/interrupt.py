@@ -70,6 +70,7 @@ def handling_signals() -> Iterator[None]:
     # to stop (through the handler Tune keeps on SIGUSR1) and remembers.
     env_before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    received_before = _state.received
     _state.received, _state.graceful = None, None
     for signum in _SIGNALS:
         signal.signal(signum, _on_signal)
@@ -82,7 +83,9 @@ def handling_signals() -> Iterator[None]:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env_before
-        _state.graceful = None
+        # The signal was this run's: a later run in the same process must not read it as its own
+        # stop (no attributions, called interrupted).
+        _state.received, _state.graceful = received_before, None
 
 
 @contextlib.contextmanager
