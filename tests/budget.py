@@ -76,19 +76,19 @@ def area_of(path: str, lines: list[Line]) -> str:
 _durations: dict[str, float] = {}
 _extra_stages: dict[str, float] = {}
 _moved: dict[str, float] = {}  # seconds of a test's setup that a shared fixture's line took instead
-_running: list[str] = []
+_running = {"test": ""}  # the test pytest is running now
 
 
 def record_stage(name: str, seconds: float) -> None:
     """A session fixture's own cost (the test node's `up`: `node: up` in BUDGET.md), taken out of the
     test that happened to set it up first and put on a line of its own."""
     _extra_stages[name] = _extra_stages.get(name, 0.0) + seconds
-    if _running:
-        _moved[_running[-1]] = _moved.get(_running[-1], 0.0) + seconds
+    if _running["test"]:
+        _moved[_running["test"]] = _moved.get(_running["test"], 0.0) + seconds
 
 
 def pytest_runtest_logstart(nodeid: str) -> None:
-    _running.append(nodeid)
+    _running["test"] = nodeid
 
 
 def pytest_runtest_logreport(report: Any) -> None:
