@@ -44,11 +44,16 @@ class Line:
     cold_minutes: float
 
 
+# BUDGET.md's measured section (runs' minutes, a column per run): written by `measured`, never read as lines.
+MEASURED_BEGIN, MEASURED_END = "<!-- measured: begin -->", "<!-- measured: end -->"
+
+
 def budget_lines(text: str | None = None) -> list[Line]:
-    """The rows of BUDGET.md's table whose first cell is a `name` in backquotes."""
+    """The rows of BUDGET.md's table whose first cell is a `name` in backquotes (its measured
+    section's rows look the same and are left out)."""
     text = BUDGET_FILE.read_text() if text is None else text
     lines = []
-    for row in text.splitlines():
+    for row in text.partition(MEASURED_BEGIN)[0].splitlines():
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
         if len(cells) < 4 or not re.fullmatch(r"`[^`]+`", cells[0]):
             continue
@@ -159,9 +164,6 @@ def report(stages: dict[str, float], times: dict[str, Any], cold: bool, lines: l
         out.append(f"\nthe {len(slowest)} slowest tests (setup + call + teardown):")
         out += [f"{seconds:>8.1f} s  {nodeid}" for nodeid, seconds in slowest]
     return out + (["", *warnings] if warnings else [])
-
-
-MEASURED_BEGIN, MEASURED_END = "<!-- measured: begin -->", "<!-- measured: end -->"
 
 
 def measured_table(results: list[dict[str, Any]], lines: list[Line]) -> list[str]:
