@@ -8,3 +8,6 @@ MANIFESTS = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "kustomizatio
 # refuses (a Ray cluster's pods need shared storage); each has a cluster twin.
 LOCAL_ONLY = {"quickstart.yaml"}
 CLUSTER_MANIFESTS = [p for p in MANIFESTS if p.name not in LOCAL_ONLY]
+# Examples in sub-folders that need something of the user's first (weights, a bucket): validated,
+# not applied with the kustomization.
+ELSEWHERE = sorted((EXAMPLES / "finetune").glob("*.yaml"))

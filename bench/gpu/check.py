@@ -369,7 +369,7 @@ def run_part(sizes: Sizes) -> list[dict[str, Any]]:
             env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
             started = time.monotonic()
             with gpu_utilisation() as gpu:
-                done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+                done = _run_with_timeout(command, work, env)
             row: dict[str, Any] = {"kind": doc["kind"], "name": doc["metadata"]["name"], "exit_code": done.returncode,
                                    "wall_s": time.monotonic() - started, **gpu}
             summary = _json_summary(done.stdout)
@@ -380,6 +380,17 @@ def run_part(sizes: Sizes) -> list[dict[str, Any]]:
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+def _run_with_timeout(command: list[str], work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The run, or after 10 minutes a failed one whose output is what it printed until then: a hung
+    run's last lines say where it hung (a bare TimeoutExpired only says that it did)."""
+    try:
+        return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as expired:
+        printed = [part.decode(errors="replace") if isinstance(part, bytes) else (part or "")
+                   for part in (expired.stdout, expired.stderr)]
+        return subprocess.CompletedProcess(command, 124, printed[0], printed[1] + "\n(killed after 600 s)")
 
 
 def _json_summary(stdout: str) -> dict[str, Any] | None:

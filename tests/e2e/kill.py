@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
@@ -33,3 +34,22 @@ def kill_after_epoch(client: MlflowClient, experiment: str, run_filter: str, epo
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread, killed
+
+
+def train_through_a_worker_kill(resource: Any, settings: Any, client: MlflowClient, experiment: str,
+                                epoch: int) -> Any:
+    """Runs a TrainingJob and SIGKILLs its training worker once it has logged `epoch`; checks that
+    the worker died, the run succeeded and resumed (every epoch logged, the first one once).
+    Returns the job's result."""
+    from raylight_trainer.training.job import run_training_job
+
+    name = resource.metadata.name
+    killer, killed = kill_after_epoch(client, experiment, f"tags.`raylight.name` = '{name}'", epoch, "RayTrainWorker")
+    result = run_training_job(resource, settings)
+    killer.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert result.state == "succeeded", result.error
+    steps = [m.step for m in client.get_metric_history(result.run_id, "val_acc")]
+    assert sorted(set(steps)) == list(range(1, resource.spec.training.max_epochs + 1)), steps
+    assert steps.count(1) == 1, f"epoch 1 ran twice: the run started again instead of resuming ({steps})"
+    return result

@@ -16,7 +16,7 @@ from raylight_trainer.data.datasets import load_data
 from raylight_trainer.runtime.storage import Storage
 from raylight_trainer.training.job import run_training_job
 from raylight_trainer.training.run_state import RunSettings
-from tests.e2e.kill import kill_after_epoch
+from tests.e2e.kill import train_through_a_worker_kill
 from tests.unit.test_data import write_cifar10, write_cifar100, write_imagefolder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -146,15 +146,7 @@ def test_worker_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path, mlflo
     resource = job("survives-a-kill", training={"maxEpochs": 5, "batchSize": 64},
                    faultTolerance={"maxFailures": 2, "checkpointsToKeep": 2})
     client = MlflowClient(mlflow_server)
-    killer, killed = kill_after_epoch(client, "e2e-jobs", "tags.`raylight.name` = 'survives-a-kill'", 3,
-                                      "RayTrainWorker")
-    result = run_training_job(resource, settings(tmp_path, mlflow_server))
-    killer.join(timeout=5)
-    assert killed, "the worker was never killed"
-    assert result.state == "succeeded", result.error
-    steps = [m.step for m in client.get_metric_history(result.run_id, "val_acc")]
-    assert sorted(set(steps)) == [1, 2, 3, 4, 5]
-    assert steps.count(1) == 1, f"epoch 1 ran twice: the run restarted instead of resuming ({steps})"
+    train_through_a_worker_kill(resource, settings(tmp_path, mlflow_server), client, "e2e-jobs", 3)
     # checkpointsToKeep: 2, plus the latest where it is not among the best. The checkpoints whose
     # reports died with the killed worker are deleted too.
     train_dir = tmp_path / "results" / "default" / "survives-a-kill" / "train"

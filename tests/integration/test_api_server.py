@@ -81,6 +81,17 @@ INVALID = [
     ("asha grace period past maxT", _with("spec/scheduler", {"asha": {"gracePeriod": 5, "maxT": 4}}),
      ["spec.scheduler.asha.gracePeriod", "must not exceed maxT"]),
     ("f1 minimised", _with("spec/objective", {"metric": "val_f1", "mode": "min"}), ["spec.objective", "set mode"]),
+    ("pretrained of no known form", _with("spec/trial/model/pretrained", "ftp://host/vit.pth"),
+     ["spec.trial.model.pretrained", "pretrained must be a path"]),
+    ("timm with a preset",
+     _with("spec/trial/model", {"architecture": "timm", "name": "resnet18", "preset": "vit-nano"}),
+     ["spec.trial.model", "a timm model is sized by its name"]),
+    ("name without timm", _with("spec/trial/model", {"architecture": "vit", "name": "resnet18"}),
+     ["spec.trial.model.name", "set it with architecture timm"]),
+    ("freeze every epoch", _with("spec/trial/training", {"maxEpochs": 3, "freezeEpochs": 3}),
+     ["spec.trial.training.freezeEpochs", "smaller than maxEpochs"]),
+    ("layer decay above 1", _with("spec/trial/training/layerDecay", 1.5),
+     ["spec.trial.training.layerDecay", "less than or equal to 1"]),
 ]
 
 

@@ -1,7 +1,8 @@
 """Object storage in real pods: an S3-compatible store runs as a pod of the cluster (versitygw, the
 image of tests/objectstore/build), and the README's object-store example keeps its checkpoints and
-Tune's state there and reads its dataset from there; wrong keys fail the run at once, naming the
-URI and the Secret."""
+Tune's state there and reads its dataset and the weights its trials start from (issue 28: timm's
+ViT weights made here with timm's random init, saved as safetensors) from there; wrong keys fail the
+run at once, naming the URI and the Secret."""
 
 from __future__ import annotations
 
@@ -67,10 +68,15 @@ def test_the_object_store_example_trains_in_pods_with_its_state_and_dataset_on_t
     write_cifar10(tmp_path / "cifar", per_batch=60)
     copy_files(str(tmp_path / "cifar"), "raylight/datasets/cifar", source_filesystem=LocalFileSystem(),
                destination_filesystem=store)
+    copy_files(str(pretrained_weights(tmp_path)), "raylight/weights/vit-nano.safetensors",
+               source_filesystem=LocalFileSystem(), destination_filesystem=store)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(credentials("raylight-s3", namespace)))
     sweep = yaml.safe_load(EXAMPLE.read_text())  # the example, smaller, on a CIFAR-format dataset in the store
     spec = sweep["spec"]
     spec.update(numSamples=3, maxConcurrentTrials=2)
+    # Every trial fine-tunes from the weights on the store (one depth: the weights have one).
+    spec["trial"]["model"].update(depth=3, pretrained="s3://raylight/weights/vit-nano.safetensors")
+    spec["searchSpace"].pop("model.depth")
     spec["trial"]["training"]["maxEpochs"] = 3
     spec["trial"]["data"] = {"dataset": "cifar10", "path": "cifar"}
     spec["cluster"]["dataDir"] = "s3://raylight/datasets"
@@ -91,6 +97,27 @@ def test_the_object_store_example_trains_in_pods_with_its_state_and_dataset_on_t
     client = mlflow_client(raylight)
     assert client.get_run(status["mlflow"]["runId"]).info.status == "FINISHED"
     assert client.search_model_versions(f"name = 's3-{namespace}'"), "the best checkpoint, read back, was registered"
+    trials = client.search_runs([client.get_run(status["mlflow"]["runId"]).info.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{status['mlflow']['runId']}'")
+    assert len(trials) == 3, [t.info.run_id for t in trials]
+    for trial in trials:
+        loaded = trial.data.params["pretrained.loaded"]
+        assert loaded == ("started from s3://raylight/weights/vit-nano.safetensors: 44 tensors, classifier "
+                          "re-initialised for 10 classes (the checkpoint's has 1000); position embeddings "
+                          "resampled from (1, 65, 64) to (1, 17, 64)"), loaded
+
+
+def pretrained_weights(directory: Path) -> Path:
+    """timm's ViT of the example's sizes at depth 3 (32 px, 1000 classes), as a user would download it."""
+    import torch
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    network = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0,
+                                num_classes=1000)
+    save_file(network.state_dict(), str(directory / "vit-nano.safetensors"))
+    return directory / "vit-nano.safetensors"
 
 
 def test_keys_the_store_refuses_fail_the_run_naming_the_uri_and_the_secret(

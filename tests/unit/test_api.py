@@ -10,7 +10,7 @@ import yaml
 
 from raylight.api import ManifestError, TuneSweep, load_manifests, parse_resource
 from raylight.cli import main
-from tests.examples import EXAMPLES, MANIFESTS
+from tests.examples import ELSEWHERE, EXAMPLES, MANIFESTS
 
 
 def sweep(**spec: object) -> dict:
@@ -31,7 +31,8 @@ def errors_of(doc: dict) -> list[tuple[str, str]]:
 
 
 def test_examples_validate() -> None:
-    for file in MANIFESTS:
+    assert ELSEWHERE, "examples/finetune/ holds no manifest"
+    for file in MANIFESTS + ELSEWHERE:
         assert load_manifests(file), file
 
 
@@ -281,3 +282,39 @@ def test_run_exits_non_zero_for_failed_trials_unless_they_are_allowed() -> None:
     assert run_exit_code([all_failed], True, Console(file=io.StringIO())) == 1  # a failed run is never allowed
     job = {"kind": "TrainingJob", "succeeded": True}
     assert run_exit_code([job, sweep], True, Console(file=io.StringIO())) == 0
+
+
+def job_with(**sections: object) -> dict:
+    return {"apiVersion": "raylight.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "ft"},
+            "spec": {"training": {"maxEpochs": 3}, **sections}}
+
+
+FINE_TUNING_MISTAKES = [
+    ({"model": {"pretrained": "ftp://host/w.pth"}}, "spec.model.pretrained", "is not a form Raylight reads"),
+    ({"model": {"pretrained": "models:/vit-digits"}}, "spec.model.pretrained", "models:/NAME/VERSION"),
+    ({"model": {"architecture": "timm", "name": "resnet18", "preset": "vit-nano"}}, "spec.model",
+     "preset does not apply to architecture timm"),
+    ({"model": {"architecture": "timm", "name": "resnet18", "depth": 4}}, "spec.model", "depth"),
+    ({"model": {"name": "resnet18"}}, "spec.model.name", "set architecture to timm"),
+    ({"model": {"architecture": "timm"}}, "spec.model.name", "needs the model's name"),
+    ({"model": {"architecture": "timm", "pretrained": "timm:ResNet 18"}}, "spec.model.pretrained", ""),
+    ({"training": {"maxEpochs": 3, "freezeEpochs": 3}}, "spec.training.freezeEpochs", "smaller than maxEpochs"),
+    ({"training": {"layerDecay": 1.5}}, "spec.training.layerDecay", "less than or equal to 1"),
+    ({"training": {"layerDecay": 0}}, "spec.training.layerDecay", "greater than 0"),
+]
+
+
+@pytest.mark.parametrize(("sections", "path", "says"), FINE_TUNING_MISTAKES)
+def test_fine_tuning_mistakes_name_the_field(sections: dict, path: str, says: str) -> None:
+    errors = errors_of(job_with(**sections))
+    assert errors[0][0] == path, errors
+    assert says in errors[0][1], errors
+
+
+@pytest.mark.parametrize("source", ["/weights/vit.safetensors", "weights/vit.pth", "s3://models/vit.safetensors",
+                                    "gs://models/a/b.bin", "models:/vit-digits/3", "models:/vit-digits/latest",
+                                    "models:/vit-digits@champion", "models:/m-0123456789abcdef",
+                                    "runs:/0123abcd/model", "timm:vit_small_patch16_224.augreg_in21k"])
+def test_every_form_of_pretrained_is_taken(source: str) -> None:
+    model = {"pretrained": source} if not source.startswith("timm:") else {"architecture": "timm", "pretrained": source}
+    assert parse_resource(job_with(model=model)).spec.model.pretrained == source

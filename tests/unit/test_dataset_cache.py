@@ -84,7 +84,7 @@ def test_the_least_recently_used_copy_makes_room_and_one_too_large_names_the_set
     kept = {dataset_cache._read_meta(entry).get("uri") for entry in cache.iterdir()} - {None}
     assert kept == {f"{s3_bucket}/b"}, "a made room for b"
     monkeypatch.setenv(DATA_CACHE_SIZE_ENV, "1Mi")
-    with pytest.raises(DatasetError, match=r"more than the dataset cache's 1.0 MiB: raise --data-cache-size"):
+    with pytest.raises(DatasetError, match=r"more than the data cache's 1.0 MiB: raise --data-cache-size"):
         load_data(DataSpec(dataset="cifar10", path=f"{s3_bucket}/a"), 8)
 
 

@@ -110,6 +110,21 @@ exit_quickly(0)
 """
 
 
+POOL_SCRIPT = """
+from concurrent.futures import ThreadPoolExecutor
+from raylight_trainer.driver import exit_quickly
+pool = ThreadPoolExecutor(max_workers=1)  # kept, as MLflow keeps its artifact copier's
+pool.submit(print, "copied").result()
+exit_quickly(3)
+"""
+
+
+def test_exit_quickly_ends_a_process_that_keeps_an_idle_thread_pool() -> None:
+    """A TrainingJob whose model was logged with extra files never exited: MLflow's artifact pool
+    keeps an idle non-daemon worker, which only threading's exit hook stops."""
+    done = subprocess.run([sys.executable, "-c", POOL_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (3, "copied"), done.stderr
+
 def in_session(session: int) -> set[int]:
     """The living processes of a session (a new session's processes keep it, orphans too)."""
     return {pid for pid in all_pids()

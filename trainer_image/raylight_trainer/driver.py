@@ -32,6 +32,8 @@ from .runtime.placement import ray_cluster_address, storage_field
 from .runtime.storage import Storage
 
 if TYPE_CHECKING:  # the module itself imports torch and MLflow
+    from collections.abc import Iterator
+
     from .training.run_state import RunSettings
 
 
@@ -141,6 +143,7 @@ def run_resource(resource: TrainingJob | TuneSweep, options: RunOptions, console
     # First: an object store that refuses the credentials or lacks the bucket fails in a second, with
     # the URI and the Secret named, not in a trial's traceback minutes later.
     storage_for(options).check_writable(storage_field())
+    check_model_sources(resource, options)
     loading = _import_in_background(_LOADED_AFTER_RAY)
     timeline.mark("ray_init", trial="-")
     start_ray(options.num_cpus, options.verbose)
@@ -150,6 +153,61 @@ def run_resource(resource: TrainingJob | TuneSweep, options: RunOptions, console
     if isinstance(resource, TuneSweep):
         return _run_sweep(resource, settings, options, console)
     return _run_job(resource, settings, options, console)
+
+
+def model_sources(resource: TrainingJob | TuneSweep) -> tuple[set[str], set[str]]:
+    """(weights to start from, timm model names) a run may use: its spec's, and a sweep's choices."""
+    model = resource.spec.trial.model if isinstance(resource, TuneSweep) else resource.spec.model
+    weights = ({model.pretrained} if model.pretrained else set()) | _searched_values(resource, "model.pretrained")
+    names = _searched_values(resource, "model.name")
+    if model.architecture == "timm" and not _is_searched(resource, "model.name"):
+        names.add(model.timm_name())
+    return weights, names
+
+
+def _is_searched(resource: TrainingJob | TuneSweep, key: str) -> bool:
+    return isinstance(resource, TuneSweep) and key in resource.spec.search_space
+
+
+def _searched_values(resource: TrainingJob | TuneSweep, key: str) -> set[str]:
+    """The values a sweep's search space may give `key` (none for a TrainingJob)."""
+    if not isinstance(resource, TuneSweep) or key not in resource.spec.search_space:
+        return set()
+    return set(map(str, resource.spec.search_space[key].probe_values()))
+
+
+def check_model_sources(resource: TrainingJob | TuneSweep, options: RunOptions) -> None:
+    """Before Ray starts: a timm name timm lacks, weights that are not there or an unreachable hub
+    fail in seconds, naming the field (not in every trial's worker, minutes later)."""
+    weights, names = model_sources(resource)
+    if not (weights or names):
+        return
+    from .model.pretrained import check_pretrained, check_timm_name
+
+    for name in sorted(names):
+        with _naming(resource, "model.name", name):
+            check_timm_name(name)
+    from_mlflow = any(value.startswith(("models:/", "runs:/")) for value in weights)
+    tracking_uri = settings_for(options, resource.spec.mlflow.tracking_uri).tracking_uri if from_mlflow else None
+    for value in sorted(weights):
+        with _naming(resource, "model.pretrained", value):
+            check_pretrained(value, _data_dir(options.data_dir), tracking_uri)
+
+
+@contextlib.contextmanager
+def _naming(resource: TrainingJob | TuneSweep, key: str, value: str) -> Iterator[None]:
+    """A check's error with the field where the value is written: in a sweep, its search space's
+    choice (spec.searchSpace.model.pretrained) or its trial template (spec.trial.model.pretrained)."""
+    from .runtime.errors import PretrainedError
+
+    try:
+        yield
+    except PretrainedError as exc:
+        written = f"spec.{key}"
+        if isinstance(resource, TuneSweep):
+            chosen = value in _searched_values(resource, key)
+            written = f"spec.searchSpace.{key}" if chosen else f"spec.trial.{key}"
+        raise PretrainedError(written + str(exc).removeprefix(f"spec.{key}")) from exc
 
 
 def _run_sweep(sweep: TuneSweep, settings: RunSettings, options: RunOptions, console: Console) -> dict[str, Any]:
@@ -319,7 +377,7 @@ def _run_one(resource: TrainingJob | TuneSweep, options: RunOptions, args: argpa
              console: Console) -> tuple[dict[str, Any] | None, int]:
     """One resource's summary (printed), or None and the exit code when it could not run."""
     from .console.summary import print_summary
-    from .runtime.errors import DatasetError, StorageError
+    from .runtime.errors import DatasetError, PretrainedError, StorageError
     from .runtime.interrupt import exit_code as interrupt_exit_code
     from .runtime.interrupt import received_signal, signal_name
     from .training.resources import ResourceError
@@ -331,7 +389,7 @@ def _run_one(resource: TrainingJob | TuneSweep, options: RunOptions, args: argpa
         # Libraries print to stdout (MLflow's run links); keep it for the JSON summary alone.
         with contextlib.redirect_stdout(sys.stderr):
             summary = run_resource(resource, options, console)
-    except (ResourceError, DatasetError, StorageError, RuntimeError) as exc:
+    except (ResourceError, DatasetError, StorageError, PretrainedError, RuntimeError) as exc:
         # One line (no wrapping at the console's width): the operator finds it in the job's log tail.
         console.print(f"[red]error[/red] {escape(f'{args.file}: {exc}')}", soft_wrap=True)
         return None, EXIT_FAILED
@@ -357,9 +415,10 @@ def exit_quickly(code: int) -> NoReturn:
     from .runtime.interrupt import ending_at_once_on_a_signal
 
     ending_at_once_on_a_signal(code)
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # What the interpreter does first at exit: threading's own exit hooks (they stop the idle
+    # workers of every ThreadPoolExecutor still referenced, as MLflow keeps one for artifact
+    # copies), then it joins the non-daemon threads. Joining without the hooks waited forever.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

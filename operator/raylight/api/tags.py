@@ -22,6 +22,14 @@ TAG_INTERRUPTED = "raylight.interrupted"
 # The best model's MLflow URI (models:/NAME/VERSION when registered), on a TrainingJob's run or a
 # sweep's parent run once logged: the operator copies it into status.mlflow.modelUri.
 TAG_MODEL_URI = "raylight.model_uri"
+# How the model was logged: "pt2" (a torch.export graph, with its weights and card beside it), or
+# why only the weights and card were (a network torch.export could not export).
+TAG_MODEL_FORMAT = "raylight.model_format"
+# The files a logged model carries beside its graph, that a run fine-tuning from it
+# (spec.model.pretrained: models:/NAME/VERSION) reads: its weights, and its card (architecture,
+# config, input normalisation, classes).
+MODEL_WEIGHTS_FILE = "raylight-weights.safetensors"
+MODEL_CARD_FILE = "raylight-model.json"
 # Console output kept as artifacts of the run it belongs to, so that it outlives the Ray cluster:
 # the driver's on a sweep's parent run (or a TrainingJob's run), each training worker's on its
 # trial's run (or the TrainingJob's). `raylight logs` reads them back.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import SpecModel, server_rules
+from .base import FieldProblem, SpecModel, server_rules
 from .cluster import ClusterSpec, SecretRef
 
 # Presets are plain data so that the operator can validate them without importing torch.
@@ -29,7 +30,7 @@ EFFICIENTNET_PRESETS: dict[str, dict[str, int | float]] = {
 }
 DEFAULT_PRESET = {"vit": "vit-nano", "efficientnet": "efficientnet-cifar"}
 
-Architecture = Literal["vit", "efficientnet"]
+Architecture = Literal["vit", "efficientnet", "timm"]
 Preset = Literal["vit-nano", "vit-cifar", "vit-tiny", "vit-small", "vit-base", "efficientnet-b0", "efficientnet-cifar"]
 Dataset = Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"]
 # The metrics the trainer reports every epoch; an objective must be one of them.
@@ -37,6 +38,21 @@ Metric = Literal["val_acc", "val_f1", "val_auroc", "val_loss", "train_loss"]
 # Fields that size only one architecture; setting one for the other is an error.
 _VIT_ONLY = ("patch_size", "dim", "depth", "heads", "mlp_ratio")
 _EFFICIENTNET_ONLY = ("width_multiplier", "depth_multiplier")
+# A timm model is sized by its name: our presets' fields do not apply to it.
+_NOT_TIMM = ("preset", *_VIT_ONLY, "fused_mlp", *_EFFICIENTNET_ONLY)
+
+# The shapes spec.model.pretrained may take (checked here and by the API server; the trainer checks
+# that the weights are there). A value with a scheme must be one of these; anything else is a path.
+PRETRAINED_OBJECT_STORE = r"^(s3|gs)://[^/]+/.*[^/]$"
+# models:/m-ID: MLflow 3's id of a logged model, the URI a run that registers nothing gets.
+PRETRAINED_MLFLOW_MODEL = r"^models:/(m-[0-9a-f]+|[^/@]+(/[0-9]+|/latest|@[A-Za-z0-9_-]+))$"
+PRETRAINED_MLFLOW_RUN = r"^runs:/[0-9A-Za-z]+/[^ ]+$"
+PRETRAINED_TIMM = r"^timm:[a-z0-9_]+(\.[A-Za-z0-9_-]+)?$"
+_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*:"
+TIMM_NAME = r"^[a-z0-9_]+$"
+PRETRAINED_FORMS = ("a path (absolute, or relative to the data directory), s3://BUCKET/KEY, gs://BUCKET/KEY, "
+                    "models:/NAME/VERSION (or models:/NAME@ALIAS, or a logged model's models:/m-ID), "
+                    "runs:/RUN_ID/model, or timm:NAME[.TAG]")
 
 
 def _camel(name: str) -> str:
@@ -44,27 +60,62 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def _cel_matches(pattern: str) -> str:
+    return "self.pretrained.matches('" + pattern.replace("\\", "\\\\") + "')"
+
+
 class ModelSpec(SpecModel):
     """The network to train. Unset sizes come from the preset."""
 
     model_config = server_rules(
         (
-            "!has(self.preset) || self.preset.startsWith(self.architecture + '-')",
+            "self.architecture == 'timm' || !has(self.preset) || self.preset.startsWith(self.architecture + '-')",
             "preset does not fit architecture: vit-* presets go with vit, efficientnet-* with efficientnet",
         ),
         (
             "self.architecture == 'vit' || (!has(self.patchSize) && !has(self.dim) && !has(self.depth)"
             " && !has(self.heads) && !has(self.mlpRatio) && !(has(self.fusedMlp) && self.fusedMlp))",
-            "patchSize, dim, depth, heads, mlpRatio and fusedMlp are ViT fields: remove them for efficientnet",
+            "patchSize, dim, depth, heads, mlpRatio and fusedMlp are ViT fields: remove them for this architecture",
         ),
         (
             "self.architecture == 'efficientnet' || (!has(self.widthMultiplier) && !has(self.depthMultiplier))",
-            "widthMultiplier and depthMultiplier are EfficientNet fields: remove them for vit",
+            "widthMultiplier and depthMultiplier are EfficientNet fields: remove them for this architecture",
+        ),
+        (
+            "self.architecture != 'timm' || !has(self.preset)",
+            "presets size vit and efficientnet: a timm model is sized by its name; remove preset",
+        ),
+        (
+            "self.architecture == 'timm' ? (has(self.name) || (has(self.pretrained)"
+            " && self.pretrained.startsWith('timm:'))) : !has(self.name)",
+            "name is timm's model name: set it with architecture timm (e.g. resnet18), and only then",
+            ".name",
+        ),
+        (
+            "!has(self.pretrained) || !self.pretrained.matches('" + _SCHEME + "') || "
+            + " || ".join(_cel_matches(p) for p in (PRETRAINED_OBJECT_STORE, PRETRAINED_MLFLOW_MODEL,
+                                                      PRETRAINED_MLFLOW_RUN, PRETRAINED_TIMM)),
+            "pretrained must be " + PRETRAINED_FORMS,
+            ".pretrained",
         ),
     )
 
     architecture: Architecture = "vit"
-    """Model family: `vit` (Vision Transformer) or `efficientnet` (MBConv blocks with squeeze-and-excitation)."""
+    """Model family: `vit` (Vision Transformer), `efficientnet` (MBConv blocks with
+    squeeze-and-excitation), or `timm`: any model of the timm library, named by `name`."""
+    name: str | None = Field(default=None, min_length=1, max_length=128, pattern=TIMM_NAME)
+    """timm: the model's name, one `timm.list_models()` knows (e.g. resnet18, convnext_atto,
+    vit_small_patch16_224), without a pretrained tag. Default: the name in `pretrained: timm:NAME.TAG`."""
+    pretrained: str | None = Field(default=None, min_length=1, max_length=2048)
+    """Weights to start from instead of random ones: a file (safetensors, a torch state dict `.pth` /
+    `.bin` with timm's key names, or a Raylight checkpoint), as a path (absolute, or relative to the
+    data directory like data.path), an object-store URI (s3://BUCKET/KEY, gs://BUCKET/KEY); a model
+    Raylight logged to MLflow (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/model); or a
+    Hugging Face hub checkpoint by its timm name (timm:vit_small_patch16_224.augreg_in21k, where the
+    pods reach the hub). Fetched once per pod. A classifier of another class count is re-initialised,
+    position embeddings are resampled to the image size and the input convolution adapted to the
+    images' channels; every other tensor must match. Images are then normalised as the checkpoint's
+    were (its mean and std), where it says."""
     preset: Preset | None = None
     """Named size; each field below overrides one of its values (default: vit-nano, or efficientnet-cifar).
     vit-* presets go with architecture vit, efficientnet-* with efficientnet."""
@@ -94,10 +145,21 @@ class ModelSpec(SpecModel):
     """Stochastic depth rate of the last block (linearly increasing from 0 over blocks)."""
 
     def preset_name(self) -> str:
-        return self.preset or DEFAULT_PRESET[self.architecture]
+        return self.preset or DEFAULT_PRESET.get(self.architecture, "")
+
+    def timm_name(self) -> str:
+        """architecture timm: the model's name (`name`, else the one in `pretrained: timm:NAME.TAG`)."""
+        if self.name:
+            return self.name
+        hub = (self.pretrained or "").removeprefix("timm:")
+        return hub.split(".")[0]
 
     def resolved(self) -> dict[str, int | float]:
-        """Preset values with the overrides applied (snake_case keys)."""
+        """Preset values with the overrides applied (snake_case keys). A timm model's sizes are its
+        name's: only the image size (when set) and the regularisation are ours."""
+        if self.architecture == "timm":
+            sized = {"image_size": self.image_size} if self.image_size else {}
+            return {**sized, "dropout": self.dropout, "drop_path": self.drop_path}
         presets = VIT_PRESETS if self.architecture == "vit" else EFFICIENTNET_PRESETS
         sizes = dict(presets[self.preset_name()])
         for key in sizes:
@@ -110,7 +172,39 @@ class ModelSpec(SpecModel):
         return {**sizes, **extra}
 
     @model_validator(mode="after")
+    def _check_pretrained(self) -> ModelSpec:
+        value = self.pretrained
+        if value is None or not re.match(_SCHEME, value):
+            return self
+        forms = (PRETRAINED_OBJECT_STORE, PRETRAINED_MLFLOW_MODEL, PRETRAINED_MLFLOW_RUN, PRETRAINED_TIMM)
+        if not any(re.match(form, value) for form in forms):
+            raise FieldProblem("pretrained", f"pretrained {value!r} is not a form Raylight reads: give "
+                               f"{PRETRAINED_FORMS}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_timm(self) -> ModelSpec:
+        if self.architecture != "timm":
+            if self.name is not None:
+                raise FieldProblem("name", f"name {self.name!r} names a timm model: set architecture to timm, "
+                                   f"or remove name for {self.architecture}")
+            return self
+        misplaced = [_camel(field) for field in _NOT_TIMM if getattr(self, field) not in (None, False)]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply to "
+                             "architecture timm: remove it; a timm model is sized by its name (and imageSize)")
+        if not self.timm_name():
+            raise FieldProblem("name", "architecture timm needs the model's name: set name (e.g. resnet18), "
+                               "or pretrained: timm:NAME.TAG")
+        if not re.match(TIMM_NAME, self.timm_name()):
+            raise FieldProblem("pretrained", f"pretrained {self.pretrained!r} does not name a timm model: "
+                               "give timm:NAME[.TAG]")
+        return self
+
+    @model_validator(mode="after")
     def _check_shapes(self) -> ModelSpec:
+        if self.architecture == "timm":
+            return self
         presets = VIT_PRESETS if self.architecture == "vit" else EFFICIENTNET_PRESETS
         if self.preset_name() not in presets:
             raise ValueError(
@@ -179,6 +273,14 @@ class DataSpec(SpecModel):
 class TrainingSpec(SpecModel):
     """Optimisation settings."""
 
+    model_config = server_rules(
+        (
+            "!has(self.freezeEpochs) || self.freezeEpochs == 0 || self.freezeEpochs < self.maxEpochs",
+            "freezeEpochs leaves no epoch to train the whole network: make it smaller than maxEpochs",
+            ".freezeEpochs",
+        ),
+    )
+
     max_epochs: int = Field(default=10, ge=1, le=10_000)
     """Epochs to train; also ASHA's maxT in a sweep unless the scheduler sets one."""
     batch_size: int = Field(default=128, ge=1, le=65_536)
@@ -209,6 +311,22 @@ class TrainingSpec(SpecModel):
     bench/channels_last.py), off otherwise until the GPU check (bench/gpu) measures it on a GPU."""
     seed: int = Field(default=0, ge=0)
     """Seed for weights, data split, shuffling and augmentation."""
+    layer_decay: float | None = Field(default=None, gt=0, le=1)
+    """Layer-wise learning-rate decay, the fine-tuning recipe of BEiT and DeiT III: the classifier
+    trains at learningRate, each layer group below it (a ViT's blocks, then its embeddings; a CNN's
+    blocks, then its stem) at layerDecay times the rate of the one above (0.65 to 0.75 is usual for
+    a 12-block ViT). Unset: every parameter at learningRate."""
+    freeze_epochs: int = Field(default=0, ge=0, le=10_000)
+    """Epochs that train the classifier alone (the rest of the network at learning rate 0, its
+    BatchNorm statistics frozen) before everything trains: a new head first, so that its random
+    start does not push large gradients into pretrained weights."""
+
+    @model_validator(mode="after")
+    def _check_freeze(self) -> TrainingSpec:
+        if self.freeze_epochs >= self.max_epochs:
+            raise FieldProblem("freezeEpochs", f"freezeEpochs {self.freeze_epochs} leaves no epoch to train "
+                               f"the whole network in maxEpochs {self.max_epochs}: make it smaller than maxEpochs")
+        return self
 
 
 class ResourcesSpec(SpecModel):

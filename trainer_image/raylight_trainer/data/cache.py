@@ -1,4 +1,5 @@
-"""Datasets on object storage (data.path s3://...), read from a local copy fetched once per cache.
+"""Datasets on object storage (data.path s3://...), and weights to start from (model.pretrained
+s3://...), read from a local copy fetched once per cache.
 
 Every process that loads a dataset (the trials, the DDP ranks, the attributions) asks for it here.
 The first fetches it into the cache under a lock; the others, on the same node and cache, wait for
@@ -17,17 +18,19 @@ import fcntl
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raylight.api.cluster import quantity_bytes
 from raylight.api.pods import DATA_CACHE_ENV, DATA_CACHE_SIZE_ENV
 
-from ..runtime.errors import DatasetError, StorageError
+from ..runtime.errors import DatasetError, PretrainedError, StorageError
 from ..runtime.placement import setting
 from ..runtime.storage import Storage, credentials_source, explained
 
@@ -49,12 +52,46 @@ def _size_setting() -> str:
 
 def cached_dataset(uri: str) -> Path:
     """The local copy of the dataset under `uri` (fetched now if the cache lacks it or it changed)."""
+    return _cached(Storage.at(uri), DATASET)
+
+
+def cached_file(uri: str, field: str = "spec.model.pretrained") -> Path:
+    """The local copy of the one object at `uri` (weights to start from), cached as datasets are:
+    fetched by the first process of a node, read by the others, fetched again once replaced."""
     store = Storage.at(uri)
+    copy = _cached(store, _Cached(field, PretrainedError, single=True))
+    return copy / posixpath.basename(store.path)
+
+
+def check_file(uri: str, field: str) -> None:
+    """That one object is at `uri` (weights to start from), without fetching it."""
+    from pyarrow.fs import FileType
+
+    store = Storage.at(uri)
+    with store_errors(store, _Cached(field, PretrainedError, single=True)):
+        found = store.filesystem.get_file_info(store.path).type == FileType.File
+    if not found:
+        raise PretrainedError(f"{field} {uri}: no object there; upload the weights there or fix {field}")
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """What is cached: the field that named it (for errors) and whether it is one object or a prefix."""
+
+    field: str
+    error: type[ValueError]
+    single: bool = False
+
+
+DATASET = _Cached("data.path", DatasetError)
+
+
+def _cached(store: Storage, what: _Cached) -> Path:
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / hashlib.sha256(store.uri.encode()).hexdigest()[:16]
-    with _locked(root / ".lock"):
-        listing = _listing(store)
+    with locked(root / ".lock"):
+        listing = _listing(store, what)
         signature = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
         meta = _read_meta(target)
         if meta.get("signature") == signature and (target / "data").is_dir():
@@ -63,43 +100,51 @@ def cached_dataset(uri: str) -> Path:
         total = sum(size for _, size, _ in listing)
         limit = cache_limit()
         if total > limit:
-            raise DatasetError(f"{store.uri} holds {_gib(total)}, more than the dataset cache's {_gib(limit)}: "
-                               f"raise {_size_setting()}")
+            raise what.error(f"{what.field} {store.uri} holds {_gib(total)}, more than the data cache's "
+                             f"{_gib(limit)}: raise {_size_setting()}")
         shutil.rmtree(target, ignore_errors=True)
         _make_room(root, total, limit)
-        _fetch(store, target, listing, signature)
+        _fetch(store, target, listing, signature, what)
     return target / "data"
 
 
-def _listing(store: Storage) -> list[tuple[str, int, int]]:
-    """(relative name, bytes, modification time in ns) of every object under the URI."""
+def _listing(store: Storage, what: _Cached) -> list[tuple[str, int, int]]:
+    """(relative name, bytes, modification time in ns) of every object under the URI (or of the one
+    object at it)."""
     from pyarrow.fs import FileSelector, FileType
 
-    with dataset_errors(store):
-        infos = store.filesystem.get_file_info(FileSelector(store.path, recursive=True, allow_not_found=True))
+    with store_errors(store, what):
+        if what.single:
+            infos = [store.filesystem.get_file_info(store.path)]
+        else:
+            infos = store.filesystem.get_file_info(FileSelector(store.path, recursive=True, allow_not_found=True))
     prefix = store.path.rstrip("/") + "/"
     files = [(info.path.removeprefix(prefix), int(info.size or 0), int(info.mtime_ns or 0))
              for info in infos if info.type == FileType.File]
     if not files:
-        with dataset_errors(store):
+        with store_errors(store, what):
             bucket_missing = store.bucket_missing()
-        what = f"the bucket {store.bucket!r} does not exist" if bucket_missing else "no objects under it"
-        raise DatasetError(f"data.path {store.uri}: {what}; upload the dataset there or fix data.path "
-                           f"({credentials_source()})")
+        missing = "no object there" if what.single else "no objects under it"
+        what_is_wrong = f"the bucket {store.bucket!r} does not exist" if bucket_missing else missing
+        upload = "the weights" if what.single else "the dataset"
+        raise what.error(f"{what.field} {store.uri}: {what_is_wrong}; upload {upload} there or fix {what.field} "
+                         f"({credentials_source()})")
     return sorted(files)
 
 
-def _fetch(store: Storage, target: Path, listing: list[tuple[str, int, int]], signature: str) -> None:
+def _fetch(store: Storage, target: Path, listing: list[tuple[str, int, int]], signature: str,
+           what: _Cached) -> None:
     """Copy every object into target/data, atomically: a fetch cut short leaves no copy behind."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "data").mkdir(parents=True)
+    destination = partial / "data" / posixpath.basename(store.path) if what.single else partial / "data"
     started = time.monotonic()
     try:
-        with dataset_errors(store):
-            copy_files(store.path, str(partial / "data"), source_filesystem=store.filesystem,
+        with store_errors(store, what):
+            copy_files(store.path, str(destination), source_filesystem=store.filesystem,
                        destination_filesystem=LocalFileSystem(), use_threads=True)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -111,13 +156,13 @@ def _fetch(store: Storage, target: Path, listing: list[tuple[str, int, int]], si
 
 
 @contextmanager
-def dataset_errors(store: Storage) -> Iterator[None]:
-    """The store's errors (refused keys, no bucket, out of reach) as a DatasetError naming data.path."""
+def store_errors(store: Storage, what: _Cached = DATASET) -> Iterator[None]:
+    """The store's errors (refused keys, no bucket, out of reach) as the error of the field that named it."""
     try:
         with explained(store):
             yield
     except StorageError as exc:
-        raise DatasetError(f"data.path {exc}") from exc
+        raise what.error(f"{what.field} {exc}") from exc
 
 
 def _read_meta(target: Path) -> dict[str, Any]:
@@ -145,7 +190,7 @@ def _make_room(root: Path, needed: int, limit: int) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even if the process dies
         try:

@@ -38,6 +38,23 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def fitted(normalization: Normalization | None, default: Normalization, chans: int) -> Normalization:
+    """The normalisation to apply: the dataset's, or the one pretrained weights were trained with
+    (spec.model.pretrained), fitted to the images' channels (a grayscale image, given to an RGB
+    network's adapted first convolution, is every channel at once: their mean mean and std)."""
+    if normalization is None:
+        return default
+    mean, std = (tuple(float(v) for v in values) for values in normalization)
+    if len(mean) == chans:
+        return mean, std
+    if chans == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return (mean[0],) * chans, (std[0],) * chans
+
+
 @dataclass
 class ImageData:
     train: Dataset
@@ -167,7 +184,7 @@ def for_device_augmentation(data: ImageData) -> tuple[ImageData, BatchTransform,
     return raw, BatchTransform(train.transform), BatchTransform(val.transform)
 
 
-def load_digits(spec: DataSpec, image_size: int) -> ImageData:
+def load_digits(spec: DataSpec, image_size: int, normalization: Normalization | None = None) -> ImageData:
     """scikit-learn's 8x8 digits (1797 images, bundled with the package), upscaled to imageSize."""
     from sklearn.datasets import load_digits as sk_digits
 
@@ -175,7 +192,7 @@ def load_digits(spec: DataSpec, image_size: int) -> ImageData:
     images = (torch.from_numpy(bunch.images).float() * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()
     train_idx, val_idx = _split(len(labels), spec.validation_fraction)
-    mean, std = NORMALIZATION["digits"]
+    mean, std = fitted(normalization, NORMALIZATION["digits"], 1)
     # No flips (a mirrored digit is another symbol) and shifts of at most half a source pixel:
     # at 8x8 a whole pixel is an eighth of the glyph and costs more accuracy than it buys.
     train_tf = TensorTransform(image_size, mean, std, True, False, shift_divisor=16)
@@ -218,7 +235,8 @@ def _read_cifar_batch(file: Path, label_key: str) -> tuple[torch.Tensor, torch.T
     return data, labels
 
 
-def load_cifar(spec: DataSpec, image_size: int, data_dir: Path | None) -> ImageData:
+def load_cifar(spec: DataSpec, image_size: int, data_dir: Path | None,
+               normalization: Normalization | None = None) -> ImageData:
     """CIFAR-10/100 in the python pickle format (the layout torchvision's CIFAR10 reads).
 
     Read here without torchvision's checksum check, so re-packed or subsampled copies work.
@@ -249,30 +267,33 @@ def load_cifar(spec: DataSpec, image_size: int, data_dir: Path | None) -> ImageD
     for split, labels in (("train", train_y), ("test", val_y)):
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             raise DatasetError(f"malformed {variant} {split} labels in {base}: outside 0..{num_classes - 1}")
+    mean, std = fitted(normalization, (CIFAR_MEAN, CIFAR_STD), 3)
     return ImageData(
-        train=TensorImages(train_x, train_y, TensorTransform(image_size, CIFAR_MEAN, CIFAR_STD, True, True)),
-        val=TensorImages(val_x, val_y, TensorTransform(image_size, CIFAR_MEAN, CIFAR_STD, False, True)),
+        train=TensorImages(train_x, train_y, TensorTransform(image_size, mean, std, True, True)),
+        val=TensorImages(val_x, val_y, TensorTransform(image_size, mean, std, False, True)),
         num_classes=num_classes,
         in_chans=3,
         class_names=names,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
+        mean=mean,
+        std=std,
     )
 
 
-def load_imagefolder(spec: DataSpec, image_size: int, data_dir: Path | None) -> ImageData:
+def load_imagefolder(spec: DataSpec, image_size: int, data_dir: Path | None,
+                     normalization: Normalization | None = None) -> ImageData:
     """`path/CLASS/*.png|jpg`; or `path/train/CLASS/...` and `path/val/CLASS/...` when both exist."""
     root = _resolve(spec.path, data_dir)
     if not root.is_dir():
         raise DatasetError(f"imagefolder directory {root} not found; set data.path or --data-dir")
+    mean, std = fitted(normalization, (IMAGENET_MEAN, IMAGENET_STD), 3)
     to_image = [T.ToImage(), T.RGB()]
     train_tf = T.Compose([
         *to_image, T.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True), T.RandomHorizontalFlip(),
-        T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std),
     ])
     val_tf = T.Compose([
         *to_image, T.Resize(image_size, antialias=True), T.CenterCrop(image_size),
-        T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std),
     ])
     try:
         if (root / "train").is_dir() and (root / "val").is_dir():
@@ -296,10 +317,10 @@ def load_imagefolder(spec: DataSpec, image_size: int, data_dir: Path | None) -> 
     if len(classes) < 2:
         raise DatasetError(f"imagefolder {root} has {len(classes)} class folder(s); at least 2 are needed")
     return ImageData(train=train_set, val=val_set, num_classes=len(classes), in_chans=3, class_names=classes,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                     mean=mean, std=std)
 
 
-def load_synthetic(spec: DataSpec, image_size: int) -> ImageData:
+def load_synthetic(spec: DataSpec, image_size: int, normalization: Normalization | None = None) -> ImageData:
     """Random images whose class sets the mean colour: learnable, for smoke tests and benchmarks."""
     generator = torch.Generator().manual_seed(SPLIT_SEED)
     labels = torch.randint(0, spec.synthetic_classes, (spec.synthetic_samples,), generator=generator)
@@ -307,7 +328,7 @@ def load_synthetic(spec: DataSpec, image_size: int) -> ImageData:
     noise = torch.rand(spec.synthetic_samples, 3, image_size, image_size, generator=generator)
     images = (0.6 * palette[labels] + 0.4 * noise).mul(255).to(torch.uint8)
     train_idx, val_idx = _split(len(labels), spec.validation_fraction)
-    mean, std = NORMALIZATION["synthetic"]
+    mean, std = fitted(normalization, NORMALIZATION["synthetic"], 3)
     tf = TensorTransform(image_size, mean, std, False, False)
     return ImageData(
         train=TensorImages(images[train_idx], labels[train_idx], tf),
@@ -338,22 +359,24 @@ def dataset_location(path: str, data_dir: str | Path | None) -> str:
     return str(_resolve(path, Path(data_dir) if data_dir else None))
 
 
-def load_data(spec: DataSpec, image_size: int, data_dir: str | Path | None = None) -> ImageData:
+def load_data(spec: DataSpec, image_size: int, data_dir: str | Path | None = None,
+              normalization: Normalization | None = None) -> ImageData:
+    """The dataset, normalised as its own default says or, given, as pretrained weights were."""
     location = dataset_location(spec.path, data_dir) if spec.path and spec.dataset in FILE_DATASETS else None
     if location is not None and is_object_store(location):
         local = cached_dataset(location)
         try:
-            return load_data(spec.model_copy(update={"path": str(local)}), image_size)
+            return load_data(spec.model_copy(update={"path": str(local)}), image_size, normalization=normalization)
         except DatasetError as exc:  # its errors name the store's objects, not the cache's copies
             raise DatasetError(str(exc).replace(str(local), location)) from exc
     base_dir = Path(data_dir) if data_dir else None
     if spec.dataset == "digits":
-        return load_digits(spec, image_size)
+        return load_digits(spec, image_size, normalization)
     if spec.dataset in ("cifar10", "cifar100"):
-        return load_cifar(spec, image_size, base_dir)
+        return load_cifar(spec, image_size, base_dir, normalization)
     if spec.dataset == "imagefolder":
-        return load_imagefolder(spec, image_size, base_dir)
-    return load_synthetic(spec, image_size)
+        return load_imagefolder(spec, image_size, base_dir, normalization)
+    return load_synthetic(spec, image_size, normalization)
 
 
 def dataset_shape(spec: DataSpec, data_dir: str | Path | None = None) -> tuple[int, int]:

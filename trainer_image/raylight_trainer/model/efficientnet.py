@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,6 +138,10 @@ class EfficientNet(nn.Module):
     def __init__(self, cfg: EfficientNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.num_classes, self.in_chans = cfg.num_classes, cfg.in_chans
+        # What timm's loader reads to adapt a checkpoint (see VisionTransformer).
+        self.pretrained_cfg = {"classifier": "classifier", "first_conv": "conv_stem", "num_classes": cfg.num_classes,
+                               "input_size": (cfg.in_chans, cfg.image_size, cfg.image_size)}
         stem = cfg.channels(STEM_CHANNELS)
         self.conv_stem, self.bn1 = conv_bn(cfg.in_chans, stem, 3, cfg.stem_stride)
         plan = [(kind, kernel, stride, expansion, cfg.channels(chs), cfg.repeats(repeats))
@@ -173,6 +178,12 @@ class EfficientNet(nn.Module):
                 bound = 1.0 / math.sqrt(module.weight.shape[0])
                 nn.init.uniform_(module.weight, -bound, bound)
                 nn.init.zeros_(module.bias)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Layer groups for layer-wise learning-rate decay, as timm's EfficientNet has them: the stem,
+        a group per block (per stage when coarse), then the head's convolution."""
+        blocks = r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)"
+        return {"stem": r"^conv_stem|bn1", "blocks": [(blocks, None), (r"conv_head|bn2", (99999,))]}
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> feature map (B, num_features, H', W')."""

@@ -7,6 +7,7 @@ exactly and its state dicts load as-is (tests use that to check the maths, not o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,8 @@ class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.proj = nn.Conv2d(cfg.in_chans, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        # Read by timm's checkpoint filter, to resample position embeddings of another grid.
+        self.grid_size = (cfg.image_size // cfg.patch_size, cfg.image_size // cfg.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
@@ -131,9 +134,17 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    # The class token before the patches: what timm's position-embedding resampling keeps apart.
+    num_prefix_tokens = 1
+
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.num_classes, self.in_chans = cfg.num_classes, cfg.in_chans
+        # What timm's loader reads to adapt a checkpoint: the classifier to drop for another class
+        # count, the convolution to adapt to other input channels, the input it was made for.
+        self.pretrained_cfg = {"classifier": "head", "first_conv": "patch_embed.proj", "num_classes": cfg.num_classes,
+                               "input_size": (cfg.in_chans, cfg.image_size, cfg.image_size)}
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.dim))
@@ -155,6 +166,12 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameters that weight decay would only hurt (beside every norm and bias)."""
         return {"pos_embed", "cls_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Layer groups for layer-wise learning-rate decay, as timm's VisionTransformer has them:
+        the embeddings first, a group per block, then the final norm (the head is last)."""
+        return {"stem": r"^cls_token|pos_embed|patch_embed",
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, 1 + N, D); token 0 is the class token."""

@@ -11,3 +11,8 @@ class DatasetError(ValueError):
 class StorageError(ValueError):
     """Storage a run cannot use (an object store out of reach, a missing bucket, refused credentials);
     the message names the URI and where the credentials came from."""
+
+
+class PretrainedError(ValueError):
+    """Weights to start from that cannot be had or do not fit the model; the message names
+    spec.model.pretrained (or spec.model.name) and what to change."""

@@ -132,8 +132,9 @@ def log_attributions(model: nn.Module, trial: dict[str, Any], data_dir: str | No
     from mlflow.tracking import MlflowClient
 
     spec = TrialSpec.model_validate(trial)
-    image_size = int(spec.model.resolved()["image_size"])
-    data = load_data(spec.data, image_size, data_dir)
+    # The images as the model was trained on them: normalised as it was (pretrained weights' own).
+    cfg: Any = model.cfg
+    data = load_data(spec.data, int(cfg.image_size), data_dir, getattr(model, "normalization", None))
     if torch.cuda.is_available():
         model = model.cuda()
     png = attribution_png(model, data, spec.interpretability)

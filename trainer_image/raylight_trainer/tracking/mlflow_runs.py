@@ -14,10 +14,13 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from raylight.api.tags import MODEL_CARD_FILE as CARD_FILE
+from raylight.api.tags import MODEL_WEIGHTS_FILE as WEIGHTS_FILE
 from raylight.api.tags import (  # noqa: F401  (re-exported for the trainer's modules)
     TAG_BEST_TRIAL_ID,
     TAG_INTERRUPTED,
     TAG_KIND,
+    TAG_MODEL_FORMAT,
     TAG_MODEL_URI,
     TAG_NAME,
     TAG_NAMESPACE,
@@ -266,7 +269,9 @@ def log_model(
     URI (`models:/NAME/VERSION` when registered) and tags the run with it (TAG_MODEL_URI).
 
     The model is a torch.export graph (pt2) with a dynamic batch size: plain `mlflow` and `torch`
-    load it, without Raylight's code and without unpickling anything."""
+    load it, without Raylight's code and without unpickling anything. Its weights and card come
+    with it (extra files), for fine-tuning. A network torch.export cannot export (some of timm's)
+    is logged as those two files alone, and the run's tag TAG_MODEL_FORMAT says why."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -274,23 +279,71 @@ def log_model(
     mlflow.set_tracking_uri(tracking_uri)
     # A batch of 2: torch.export keeps a dimension of size 1 static, so the batch would be fixed.
     example = torch.zeros((2, *input_shape), dtype=torch.float32).numpy()
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model.cpu().eval(),
-            name="model",
-            serialization_format="pt2",
-            input_example=example,
-            registered_model_name=registered_model_name or None,
-            metadata=metadata,
-            # Given, not inferred: inference imports and scans every module (slow, and noisy).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            # MLflow would load the model back and run the example through it: seconds at the
-            # end of every sweep, for what the tests check once (the logged model predicts).
-            validate_serving_input=False,
-        )
+    client = MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="raylight-model-") as tmp:
+        extra_files = _weights_and_card(model.cpu().eval(), metadata or {}, Path(tmp))
+        with mlflow.start_run(run_id=run_id):
+            try:
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    serialization_format="pt2",
+                    input_example=example,
+                    registered_model_name=registered_model_name or None,
+                    metadata=metadata,
+                    extra_files=extra_files,
+                    # Given, not inferred: inference imports and scans every module (slow, and noisy).
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                    # MLflow would load the model back and run the example through it: seconds at the
+                    # end of every sweep, for what the tests check once (the logged model predicts).
+                    validate_serving_input=False,
+                )
+            except Exception as exc:
+                if not type(exc).__module__.startswith("torch"):
+                    raise  # MLflow's own failures are not export's
+                return _log_weights_only(client, run_id, extra_files, registered_model_name, root_cause(exc))
     version = getattr(info, "registered_model_version", None)
     uri = f"models:/{registered_model_name}/{version}" if registered_model_name and version else str(info.model_uri)
-    MlflowClient(tracking_uri).set_tag(run_id, TAG_MODEL_URI, uri)
+    client.set_tag(run_id, TAG_MODEL_URI, uri)
+    client.set_tag(run_id, TAG_MODEL_FORMAT, "pt2")
+    return uri
+
+
+def _weights_and_card(model: Any, card: dict[str, Any], directory: Path) -> list[str]:
+    import json
+
+    from safetensors.torch import save_file
+
+    weights = directory / WEIGHTS_FILE
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(weights))
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+    return [str(weights), str(directory / CARD_FILE)]
+
+
+def _log_weights_only(client: MlflowClient, run_id: str, files: list[str], registered_model_name: str,
+                      reason: str) -> str:
+    """The weights and card under the run's `model` artifacts (registered when asked): what a run
+    that fine-tunes from it reads; the graph that torch.export could not make is missing."""
+    for file in files:
+        client.log_artifact(run_id, file, "model")
+    uri = f"runs:/{run_id}/model"
+    if registered_model_name:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(registered_model_name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        # The version's source is the run's folder itself: mlflow.register_model(runs:/...) would
+        # pick the empty logged model that the failed export left on the run instead.
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        version = client.create_model_version(registered_model_name, source, run_id=run_id).version
+        uri = f"models:/{registered_model_name}/{version}"
+    client.set_tag(run_id, TAG_MODEL_URI, uri)
+    client.set_tag(run_id, TAG_MODEL_FORMAT, f"weights and card only: torch.export could not export the "
+                   f"network ({reason[:400]})")
+    log.warning("model logged as weights and card only: torch.export failed: %s", reason)
     return uri
 
 

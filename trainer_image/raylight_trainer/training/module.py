@@ -19,9 +19,16 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, Mul
 from ..model import ModelConfig, create_model
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay only weight matrices: norms, biases and embeddings are left alone."""
+def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict[str, Any]]:
+    """Decay only weight matrices: norms, biases and embeddings are left alone. With layer_decay,
+    timm's layer-wise groups (by the model's group_matcher: a ViT's blocks, a CNN's stages), each
+    with the `lr_scale` that the schedule applies."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    if layer_decay is not None:
+        from timm.optim import param_groups_layer_decay
+
+        return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=sorted(skip),
+                                        layer_decay=layer_decay)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -35,6 +42,25 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
+
+def classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """The classifier's module names (timm's pretrained_cfg says them, ours too)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def split_classifier(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups with the classifier's parameters in groups of their own (`classifier: True`), the
+    same settings otherwise: training.freezeEpochs trains those alone first."""
+    prefixes = tuple(f"{name}." for name in classifier_names(model))
+    head = {id(param) for name, param in model.named_parameters() if name.startswith(prefixes)}
+    split = []
+    for group in groups:
+        for is_head in (True, False):
+            params = [p for p in group["params"] if (id(p) in head) == is_head]
+            if params:
+                split.append({**group, "params": params, "classifier": is_head})
+    return split
 
 def compile_problem(on_gpu: bool) -> str | None:
     """Why torch.compile (its Inductor backend) cannot run here, or None when it can."""
@@ -58,6 +84,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def group_factor(group: dict[str, Any], warmup: int, total: int, frozen_steps: int) -> Callable[[int], float]:
+    """A group's learning-rate factor by step: warmup + cosine over the run for the classifier; for
+    the rest, 0 while frozen (training.freezeEpochs), then its own warmup + cosine over what is left."""
+    if group.get("classifier") or frozen_steps == 0:
+        return lambda step: warmup_cosine(step, warmup, total)
+    return lambda step: 0.0 if step < frozen_steps else warmup_cosine(step - frozen_steps, warmup,
+                                                                      total - frozen_steps)
+
+
 def uses_channels_last(architecture: str, training: dict[str, Any], on_gpu: bool) -> bool:
     """training.channelsLast, else on for EfficientNet on a CPU only: measured there (its
     depthwise and 1x1 convolutions, 1.55-1.71x faster a step); on a GPU not measured yet."""
@@ -69,13 +104,15 @@ def uses_channels_last(architecture: str, training: dict[str, Any], on_gpu: bool
 
 class ImageClassifier(pl.LightningModule):
     def __init__(self, model: dict[str, Any], training: dict[str, Any], architecture: str = "vit",
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, normalization: list[list[float]] | None = None) -> None:
         """model: the architecture's config fields; training: the TrainingSpec (snake_case);
-        class_names: the dataset's, in label order (kept in the checkpoint for the model's card)."""
+        class_names: the dataset's, in label order, and normalization: the (mean, std) its images
+        are normalised with (both kept in the checkpoint for the model's card)."""
         super().__init__()
         self.save_hyperparameters()
         self.net = create_model(architecture, model)
         self.class_names = list(class_names or [])
+        self.normalization = normalization
         self.config: ModelConfig = self.net.cfg  # type: ignore[assignment]
         self.training_spec = training
         classes = self.config.num_classes
@@ -125,8 +162,38 @@ class ImageClassifier(pl.LightningModule):
         images, labels = batch
         loss = F.cross_entropy(self(images), labels, label_smoothing=self.training_spec["label_smoothing"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
-        self.log("lr", self.lr_schedulers().get_last_lr()[0], on_step=False, on_epoch=True)  # type: ignore[union-attr]
+        # The highest rate: the classifier's (with layerDecay the groups below it run slower).
+        self.log("lr", max(self.lr_schedulers().get_last_lr()), on_step=False, on_epoch=True)  # type: ignore[union-attr]
         return loss
+
+    def frozen(self) -> bool:
+        """training.freezeEpochs: only the classifier trains in the first epochs."""
+        return self.current_epoch < int(self.training_spec.get("freeze_epochs") or 0)
+
+    def on_train_epoch_start(self) -> None:
+        self._freeze_norms()
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()
+        self._freeze_norms()
+
+    def _freeze_norms(self) -> None:
+        """While frozen, BatchNorm keeps its pretrained statistics (train mode would update them)."""
+        if not self.frozen():
+            return
+        prefixes = tuple(f"{name}." for name in classifier_names(self.net))
+        for name, module in self.net.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not f"{name}.".startswith(prefixes):
+                module.eval()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # While frozen, the rest of the network gets no update at all: no gradient, so no step, no
+        # weight decay and no optimizer state (DDP still reduces its gradients: every rank alike).
+        if self.frozen():
+            for group in optimizer.param_groups:
+                if not group.get("classifier"):
+                    for param in group["params"]:
+                        param.grad = None
 
     def on_validation_epoch_start(self) -> None:
         # Without synchronised BatchNorm (CPU workers), each rank's running statistics drift
@@ -149,7 +216,9 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         spec = self.training_spec
-        groups = parameter_groups(self.net, spec["weight_decay"])
+        groups = split_classifier(self.net, parameter_groups(self.net, spec["weight_decay"], spec.get("layer_decay")))
+        for group in groups:  # layerDecay's scale, applied once here: the schedule's factors multiply it
+            group["lr"] = spec["learning_rate"] * group.get("lr_scale", 1.0)
         if spec["optimizer"] == "sgd":
             optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 groups, lr=spec["learning_rate"], momentum=spec["momentum"], nesterov=True
@@ -162,5 +231,7 @@ class ImageClassifier(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = int(spec["warmup_epochs"] * per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        frozen_steps = int(spec.get("freeze_epochs") or 0) * per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [group_factor(group, warmup, total, frozen_steps) for group in optimizer.param_groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from raylight.api import ObjectiveSpec, TrialSpec
 from raylight.api.tags import worker_log
 
-from ..data.datasets import for_device_augmentation, load_data
-from ..model import ModelConfig, config_from_spec
+from ..data.datasets import Normalization, for_device_augmentation, load_data
+from ..model import ModelConfig, config_from_spec, spec_image_size
+from ..model.pretrained import load_into, read_checkpoint, start_normalization
 from ..runtime import timeline
 from ..runtime.storage import Storage
 from ..runtime.timeline_hooks import EpochMarks
@@ -164,8 +165,14 @@ def fit_worker(worker: WorkerConfig, path: TrainingPath, keeper: LogKeeper | Non
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     pl.seed_everything(spec.training.seed, workers=True, verbose=False)
 
-    image_size = int(spec.model.resolved()["image_size"])
-    data = load_data(spec.data, image_size, worker.data_dir)
+    image_size = spec_image_size(spec.model)
+    # The weights to start from are read once, by a fresh run. A resumed one normalises its images as
+    # its own checkpoint says (models:/NAME/latest may name another version by now).
+    source = spec.model.pretrained if path.checkpoint is None else None
+    start = read_checkpoint(source, worker.data_dir, worker.tracking_uri) if source else None
+    normalization = saved_normalization(path.checkpoint) if spec.model.pretrained and path.checkpoint else \
+        start_normalization(spec.model, start)
+    data = load_data(spec.data, image_size, worker.data_dir, normalization)
     on_device = for_device_augmentation(data) if spec.data.device_augmentation else None
     if spec.data.device_augmentation and on_device is None:
         say(f"data.deviceAugmentation: {spec.data.dataset} reads image files, so its images are transformed "
@@ -174,13 +181,19 @@ def fit_worker(worker: WorkerConfig, path: TrainingPath, keeper: LogKeeper | Non
     model_cfg: ModelConfig = config_from_spec(spec.model, data.num_classes, data.in_chans)
     train_loader, val_loader = build_loaders(spec, on_device[0] if on_device else data, path)
     module = ImageClassifier(model=model_cfg.as_dict(), training=spec.training.model_dump(),
-                             architecture=spec.model.architecture, class_names=list(data.class_names))
+                             architecture=spec.model.architecture, class_names=list(data.class_names),
+                             normalization=[list(data.mean), list(data.std)])
+    if start is not None:
+        started = load_into(module.net, start)
+        say(started)
+        if path.rank == 0:
+            log_started_from(worker, started)
     if on_device is not None:
         module.batch_transforms = on_device[1], on_device[2]
 
     say(f"worker {path.rank + 1}/{path.world_size} on {socket.gethostname()}: {spec.data.dataset}, "
         f"{len(data.train)} training and {len(data.val)} validation images, "  # type: ignore[arg-type]
-        f"{spec.model.preset or spec.model.architecture} with {sum(p.numel() for p in module.parameters()):,} "
+        f"{model_label(spec)} with {sum(p.numel() for p in module.parameters()):,} "
         "parameters")
     callbacks, logger_cb = worker_callbacks(worker, spec, path, keeper)
     distributed: dict[str, Any] = {"devices": 1} if path.in_trial else {
@@ -212,6 +225,32 @@ def fit_worker(worker: WorkerConfig, path: TrainingPath, keeper: LogKeeper | Non
             trainer.fit(module, train_loader, val_loader, ckpt_path=os.path.join(directory, CHECKPOINT_FILE))
     if logger_cb is not None:
         logger_cb.flush()
+
+
+def saved_normalization(checkpoint: Any) -> Normalization | None:
+    """The (mean, std) a run's checkpoint was trained with (ImageClassifier's hyperparameter)."""
+    with checkpoint.as_directory() as directory:
+        # Our own run's file; mmap reads the small hyperparameters without the tensors' pages.
+        saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", mmap=True,
+                           weights_only=False)
+    mean_std = (saved.get("hyper_parameters") or {}).get("normalization")
+    return (tuple(mean_std[0]), tuple(mean_std[1])) if mean_std else None
+
+
+def model_label(spec: TrialSpec) -> str:
+    model = spec.model
+    return model.timm_name() if model.architecture == "timm" else model.preset or model.architecture
+
+
+def log_started_from(worker: WorkerConfig, started: str) -> None:
+    """What loading the pretrained weights did, in the run's params (where its MLflow run is)."""
+    if not (worker.tracking_uri and worker.run_id):
+        return
+    from mlflow.tracking import MlflowClient
+
+    from ..tracking.mlflow_runs import log_params
+
+    log_params(MlflowClient(worker.tracking_uri), worker.run_id, {"pretrained.loaded": started})
 
 
 MAX_LOADER_WORKERS = 8
@@ -342,7 +381,9 @@ def load_checkpoint_model(checkpoint_dir: str | Path) -> torch.nn.Module:
         path = path / CHECKPOINT_FILE
     module = ImageClassifier.load_from_checkpoint(str(path), map_location="cpu")
     network = module.net.eval()
-    setattr(network, "class_names", module.class_names)  # noqa: B010 (for model_card: the outputs, named)
+    # For model_card: the outputs, named, and how inputs are normalised.
+    setattr(network, "class_names", module.class_names)  # noqa: B010
+    setattr(network, "normalization", module.normalization)  # noqa: B010
     return network
 
 
@@ -350,6 +391,12 @@ def input_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     """(C, H, W) that a trained model takes."""
     cfg: ModelConfig = model.cfg  # type: ignore[assignment]
     return (cfg.in_chans, cfg.image_size, cfg.image_size)
+
+
+def architecture_of(cfg: ModelConfig) -> str:
+    from ..model import EfficientNetConfig, TimmConfig
+
+    return "timm" if isinstance(cfg, TimmConfig) else "efficientnet" if isinstance(cfg, EfficientNetConfig) else "vit"
 
 
 def model_card(model: torch.nn.Module, dataset: str) -> dict[str, Any]:
@@ -360,9 +407,9 @@ def model_card(model: torch.nn.Module, dataset: str) -> dict[str, Any]:
     from ..data.datasets import NORMALIZATION
 
     cfg: ModelConfig = model.cfg  # type: ignore[assignment]
-    mean, std = NORMALIZATION[dataset]
+    mean, std = getattr(model, "normalization", None) or NORMALIZATION[dataset]
     return {
-        "architecture": "efficientnet" if type(cfg).__name__.startswith("EfficientNet") else "vit",
+        "architecture": architecture_of(cfg),
         "config": asdict(cfg),
         "dataset": dataset,
         "input": {"shape": list(input_shape(model)), "dtype": "float32",
