@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config, watch
 
-from raylight_trainer.driver import free_port
+from raylight_trainer.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

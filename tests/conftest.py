@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from raylight_trainer.driver import free_port
+from raylight_trainer.runtime.ports import free_port
 
 # Each test's wall time by area, for tests/run's budget table (tests/budget.py); tests/run --quick's
 # selection (tests/quick.py).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raylight_trainer.driver import free_port
+from raylight_trainer.runtime.ports import free_port
 from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
 
 __all__ = ["CLUSTER_SCRIPTS", "Cluster", "wait_for"]

@@ -88,7 +88,7 @@ def test_refused_credentials_name_the_secret_on_a_cluster(s3_bucket: str, monkey
 
 
 def test_a_store_out_of_reach_names_its_endpoint(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from raylight_trainer.driver import free_port
+    from raylight_trainer.runtime.ports import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)

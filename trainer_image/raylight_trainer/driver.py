@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from raylight.api.manifest import no_resource_error
 
 from .console.summary import EXIT_FAILED, EXIT_OK, is_local_store, print_errors, run_exit_code
 from .runtime.placement import ray_cluster_address, storage_field
+from .runtime.ports import free_port
 from .runtime.storage import Storage
 
 if TYPE_CHECKING:  # the module itself imports torch and MLflow
@@ -45,13 +45,6 @@ class RunOptions:
     num_cpus: int | None = None
     fresh: bool = False
     verbose: bool = False
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_ray(num_cpus: int | None, verbose: bool) -> None:
