@@ -27,3 +27,21 @@ def test_only_resources_that_exist_are_counted() -> None:
     assert samples == {("TuneSweep", "Running"): 1.0}
     for key in (kept, deleted):
         metrics.drop_phase(key)
+
+
+def test_a_standby_says_so_and_exports_no_resource_gauges() -> None:
+    """A standby's phases are frozen (it reconciles nothing), and a sum over the replicas a
+    ServiceMonitor scrapes would count each resource twice: only the leader exports them."""
+    job = ("TrainingJob", "t-metrics", "standby")
+    metrics.set_phase(job, "Running")
+
+    def scrape(leading: bool) -> dict[str, dict[tuple[str, ...], float]]:
+        collector = metrics.PhaseCollector(lambda: [job], lambda: leading)
+        return {family.name: {tuple(s.labels.values()): s.value for s in family.samples}
+                for family in collector.collect()}
+
+    standby, leader = scrape(False), scrape(True)
+    assert standby["raylight_leader"] == {(): 0.0} and standby["raylight_resources"] == {}
+    assert leader["raylight_leader"] == {(): 1.0}
+    assert leader["raylight_resources"] == {("TrainingJob", "Running"): 1.0}
+    metrics.drop_phase(job)

@@ -8,6 +8,7 @@ The reconcile (reconciler.py), run by the work queue's workers, is the only writ
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from collections.abc import Hashable
@@ -15,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+from urllib3.exceptions import HTTPError
 
 from raylight.api import GROUP, VERSION
 
 from . import metrics
 from .builder import LABEL_KIND, MANAGED_BY, OperatorSettings
 from .cache import Key, ObjectCache
-from .election import LeaderElector
+from .election import LeaderElector, NotLeading
 from .events import EventRecorder
 from .kube import PLURALS, Kube
 from .progress import ProgressPoller, end_runs
@@ -29,6 +31,7 @@ from .reconciler import Reconciler
 from .workqueue import WorkQueue
 
 PROGRESS_INTERVAL_S = float(os.environ.get("RAYLIGHT_PROGRESS_INTERVAL", "30"))
+_DELETED_KEPT = 1000  # a standby's memory of deleted resources (their bodies) is bounded
 log = logging.getLogger("raylight.operator")
 
 
@@ -38,6 +41,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # The resources and namespaces are known at start: no watching of CRDs and namespaces, so
     # no RBAC for them (install the CRDs before the operator, as the Helm chart does).
     settings.scanning.disabled = True
+    # A watch that hangs without closing would freeze the cache while the operator looks healthy:
+    # the API server ends each watch after this long and kopf starts another (whole seconds: the API
+    # server refuses timeoutSeconds=300.0); the client gives up a little later if it never does.
+    watch_timeout = int(os.environ.get("RAYLIGHT_WATCH_TIMEOUT", "300"))
+    settings.watching.server_timeout = watch_timeout
+    settings.watching.client_timeout = watch_timeout + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.connect_timeout = 10
+    settings.networking.request_timeout = 30
     workers = int(os.environ.get("RAYLIGHT_WORKERS", "16"))
     if not hasattr(memo, "settings"):
         memo.settings = OperatorSettings()
@@ -52,13 +64,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.events = EventRecorder(memo.kube)
     reconciler = Reconciler(memo.kube, memo.cache, memo.settings, memo.poller, memo.events)
     memo.elector = None
+    # Bodies of resources deleted while this replica stood by: the replica that comes to lead ends
+    # their MLflow runs (the leader may have been the one that was down when they went).
+    memo.deleted_while_standing_by = collections.deque(maxlen=_DELETED_KEPT)
     lease = getattr(memo, "lease", None)
     if lease is not None:
         def lead() -> None:  # everything the cache knows gets a reconcile by the new leader
             for key in memo.cache.resource_keys():
                 memo.queue.add(key)
+            take_over_deleted(memo)
 
         memo.elector = LeaderElector(memo.kube.api, name=lease[1], namespace=lease[0], on_started_leading=lead)
+        memo.kube.fence(memo.elector.check_writable)
     gate = (lambda: memo.elector.leading) if memo.elector is not None else None
     memo.queue = WorkQueue(reconciler, workers, on_error=_log_failure, gate=gate)
     memo.events.start()
@@ -67,7 +84,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if memo.elector is not None:
         memo.elector.start()
     if getattr(memo, "metrics_port", None):
-        metrics.serve(memo.metrics_port, memo.cache.resource_keys)
+        metrics.serve(memo.metrics_port, memo.cache.resource_keys, lambda: is_leading(memo))
 
 
 @kopf.on.cleanup()
@@ -80,11 +97,32 @@ def shut_down(memo: kopf.Memo, **_: Any) -> None:
     memo.cleanup.shutdown(wait=True, cancel_futures=False)
 
 
+def is_leading(memo: kopf.Memo) -> bool:
+    """Whether this replica acts: it holds the Lease, or runs without leader election."""
+    return memo.elector is None or bool(memo.elector.leading)
+
+
+def end_runs_of_deleted(memo: kopf.Memo, body: dict[str, Any]) -> None:
+    """A deleted resource's RayJob goes with it (owner references): its MLflow runs must not stay
+    RUNNING. The leader ends them; a standby keeps the body in case it comes to lead (one writer to
+    MLflow, as to the API server)."""
+    if is_leading(memo):
+        memo.cleanup.submit(end_runs, body, memo.settings)
+    else:
+        memo.deleted_while_standing_by.append(body)
+
+
+def take_over_deleted(memo: kopf.Memo) -> None:
+    """The new leader ends the runs of the resources deleted while it stood by."""
+    while memo.deleted_while_standing_by:
+        memo.cleanup.submit(end_runs, memo.deleted_while_standing_by.popleft(), memo.settings)
+
+
 def _log_failure(key: Hashable, exc: BaseException) -> None:
     kind = key[0] if isinstance(key, tuple) else "?"
     metrics.ERRORS.labels(kind=kind, reason=type(exc).__name__).inc()
     log.error("reconcile of %s failed; retrying with backoff: %s", key, exc,
-              exc_info=not isinstance(exc, kopf.TemporaryError))
+              exc_info=not isinstance(exc, kopf.TemporaryError | NotLeading | HTTPError))
 
 
 async def resource_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
@@ -94,8 +132,7 @@ async def resource_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_
         memo.queue.forget(key)
         memo.poller.forget(key)
         metrics.drop_phase(key)
-        # Its RayJob goes with it (owner references): its MLflow runs must not stay RUNNING.
-        memo.cleanup.submit(end_runs, dict(body), memo.settings)
+        end_runs_of_deleted(memo, dict(body))
         return
     key = memo.cache.put_resource(body)
     status = body.get("status") or {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -32,25 +33,46 @@ def load_config(kubeconfig: str | None = None) -> None:
         config.load_kube_config(config_file=kubeconfig)
 
 
+READ_TIMEOUT_S = 10.0
+WRITE_TIMEOUT_S = 10.0
+"""Every call is bounded: a connection that hangs without closing holds a worker only this long
+(and the work queue retries it). A write's bound is also the leader's write window (`fence`)."""
+
+
 class Kube:
     def __init__(self, pool_size: int = 32) -> None:
         configuration = client.Configuration.get_default_copy()
         # Handlers run in a thread pool; a bigger pool keeps them from queueing on connections.
         configuration.connection_pool_maxsize = pool_size
+        # No urllib3 retries: each would wait a whole timeout again; the work queue retries instead.
+        configuration.retries = False
         self.api = client.ApiClient(configuration)
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
+        self._write_window: Callable[[], float] | None = None
+
+    def fence(self, write_window: Callable[[], float]) -> None:
+        """Bound every write by the time this replica may still write (the leader elector's
+        `check_writable`, which raises NotLeading when too little is left): no write outlives the
+        leadership it was made under."""
+        self._write_window = write_window
+
+    def _write_timeout(self) -> float:
+        if self._write_window is None:
+            return WRITE_TIMEOUT_S
+        return min(WRITE_TIMEOUT_S, self._write_window())
 
     def apply_rayjob(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         self.custom.patch_namespaced_custom_object(
             "ray.io", "v1", meta["namespace"], "rayjobs", meta["name"], body,
-            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
+            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY, _request_timeout=self._write_timeout(),
         )
 
     def get_rayjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = self.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+            found = self.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name,
+                                                             _request_timeout=READ_TIMEOUT_S)
             return cast(dict[str, Any], found)
         except ApiException as exc:
             if exc.status == 404:
@@ -59,7 +81,8 @@ class Kube:
 
     def delete_rayjob(self, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+            self.custom.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name,
+                                                        _request_timeout=self._write_timeout())
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -75,12 +98,14 @@ class Kube:
             body["metadata"] = {"resourceVersion": resource_version}
         written = cast(dict[str, Any], self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURALS[kind], name, body, field_manager=FIELD_MANAGER, _content_type=MERGE,
+            _request_timeout=self._write_timeout(),
         ))
         return str(written["metadata"]["resourceVersion"])
 
     def latest_warning(self, namespace: str, uid: str) -> tuple[str, str] | None:
         """The newest Warning Event about one object (a pod's FailedMount, say): reason, message."""
-        found = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.uid={uid},type=Warning")
+        found = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.uid={uid},type=Warning",
+                                                _request_timeout=READ_TIMEOUT_S)
         if not found.items:
             return None
         def when(event: client.CoreV1Event) -> datetime.datetime:
@@ -104,7 +129,7 @@ class Kube:
             source=client.V1EventSource(component=FIELD_MANAGER), reporting_component=FIELD_MANAGER,
             reporting_instance=_HOSTNAME,
         )
-        self.core.create_namespaced_event(meta["namespace"], event)
+        self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=self._write_timeout())
 
 
 def api_message(exc: ApiException) -> str:

@@ -52,14 +52,22 @@ def phase_counts(live: Iterable[Key]) -> dict[tuple[str, str], int]:
 
 
 class PhaseCollector(Collector):
-    def __init__(self, live: Callable[[], Iterable[Key]]) -> None:
-        self.live = live
+    """`raylight_resources` from the leader alone: a standby's phases are frozen (it reconciles
+    nothing), and a sum over the replicas a ServiceMonitor scrapes would count each resource twice.
+    Every replica says whether it leads (`raylight_leader`)."""
+
+    def __init__(self, live: Callable[[], Iterable[Key]], leading: Callable[[], bool] = lambda: True) -> None:
+        self.live, self.leading = live, leading
 
     def collect(self) -> Iterator[Any]:
-        family = GaugeMetricFamily("raylight_resources", "TrainingJobs and TuneSweeps by phase",
+        leading = self.leading()
+        yield GaugeMetricFamily("raylight_leader", "1 on the replica that reconciles (holds the Lease), else 0",
+                                value=1 if leading else 0)
+        family = GaugeMetricFamily("raylight_resources", "TrainingJobs and TuneSweeps by phase (the leader's)",
                                    labels=["kind", "phase"])
-        for (kind, phase), count in sorted(phase_counts(self.live()).items()):
-            family.add_metric([kind, phase], count)
+        if leading:
+            for (kind, phase), count in sorted(phase_counts(self.live()).items()):
+                family.add_metric([kind, phase], count)
         yield family
         yield CounterMetricFamily("raylight_mlflow_requests", "Requests made to MLflow", value=requests_made())
 
@@ -67,11 +75,12 @@ class PhaseCollector(Collector):
 _started = False
 
 
-def serve(port: int, live: Callable[[], Iterable[Key]]) -> None:
-    """Expose /metrics on this port (once per process); `live` lists the resources that exist."""
+def serve(port: int, live: Callable[[], Iterable[Key]], leading: Callable[[], bool] = lambda: True) -> None:
+    """Expose /metrics on this port (once per process); `live` lists the resources that exist,
+    `leading` says whether this replica reconciles."""
     global _started
     if _started:
         return
-    REGISTRY.register(PhaseCollector(live))
+    REGISTRY.register(PhaseCollector(live, leading))
     start_http_server(port)
     _started = True

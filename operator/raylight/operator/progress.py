@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import ssl
 import threading
 import time
@@ -67,7 +68,18 @@ class MlflowReader:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
               query: dict[str, str] | None = None, api: str = "mlflow") -> dict[str, Any]:
         answer = self._request(method, f"{api}/{path}", body, query)
-        return dict(json.loads(answer or b"{}")) if answer is not None else {}
+        if answer is None:
+            return {}
+        try:
+            found = json.loads(answer or b"{}")
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            # An auth proxy's login page, a load balancer's error page: a 200 that is not MLflow.
+            shown = answer[:80].decode(errors="replace").strip().replace("\n", " ")
+            raise ProgressError(f"MLflow at {self.base} answered {path} with something that is not MLflow's JSON "
+                                f"(a login page or a proxy in the way?): {shown!r}")
+        return found
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                  query: dict[str, str] | None = None) -> bytes | None:
@@ -246,6 +258,7 @@ class ProgressPoller:
         self._in_flight: set[Hashable] = set()
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._said: dict[str, str] = {}  # tracking URI -> the kind of failure last logged
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="progress")
         self._wake = threading.Event()
         self._stopped = False
@@ -313,6 +326,9 @@ class ProgressPoller:
                 error = None
             except ProgressError as exc:
                 fields, error = None, str(exc)
+            except Exception as exc:  # an answer we did not expect: said like an outage, never lost in the pool
+                log.exception("reading the progress of %s from MLflow failed", key)
+                fields, error = None, f"MLflow at {target.tracking_uri}: {type(exc).__name__}: {exc}"
             self._record(key, target, fields, error)
         finally:
             with self._lock:
@@ -326,15 +342,23 @@ class ProgressPoller:
             if self._targets.get(key) != target:
                 return  # the resource moved on while this read ran
             if error is None:
-                self._failures.pop(uri, None)
+                if self._failures.pop(uri, None):
+                    log.info("MLflow at %s answers again", uri)
                 self._down_until.pop(uri, None)
+                self._said.pop(uri, None)
                 affected = [key]
             else:
-                failures = self._failures[uri] = self._failures.get(uri, 0) + 1
-                # One probe per server per pause (the other resources wait for it): the pause
-                # only bounds how late the status catches up once it is back.
-                pause = min(max(self.interval, _MAX_PAUSE_S), self.interval * 2 ** (failures - 1))
-                self._down_until[uri] = time.monotonic() + pause
+                now = time.monotonic()
+                # Reads that were in flight together fail together: one failure, not one per read.
+                if self._down_until.get(uri, 0.0) <= now:
+                    failures = self._failures[uri] = self._failures.get(uri, 0) + 1
+                    # One probe per server per pause (the other resources wait for it): the pause
+                    # only bounds how late the status catches up once it is back.
+                    pause = min(max(self.interval, _MAX_PAUSE_S), self.interval * 2 ** (failures - 1))
+                    self._down_until[uri] = now + pause
+                if self._said.get(uri) != _kind_of(error, uri):
+                    self._said[uri] = _kind_of(error, uri)  # each new kind of failure once, not every probe
+                    log.warning("progress cannot be read: %s", error)
                 # Every resource on this server is as unreachable as this one: say so on all of them.
                 affected = [k for k, t in self._targets.items() if t.tracking_uri == uri]
             for each in affected:
@@ -351,6 +375,12 @@ class ProgressPoller:
                 self._due.pop(key, None)
         for each in changed:
             self._on_change(each)
+
+
+def _kind_of(error: str, uri: str) -> str:
+    """A failure's message without what changes from one probe to the next (the details after its
+    first ": ", numbers): "cannot be reached", "answered N to runs/get", ..."""
+    return re.sub(r"\d+", "N", error.replace(uri, "").split(": ")[0])
 
 
 def end_runs(body: dict[str, Any], settings: Any) -> None:
@@ -372,6 +402,6 @@ def end_runs(body: dict[str, Any], settings: Any) -> None:
             runs += [child["info"]["run_id"] for child in children]
         for run_id in runs:
             reader.end_run(run_id, "KILLED", end_time)
-    except ProgressError as exc:
+    except Exception as exc:  # runs in a pool whose futures nobody reads: every failure is logged here
         log.warning("the MLflow runs of deleted %s %s stay as they are: %s", body.get("kind"),
                     body["metadata"].get("name"), exc)

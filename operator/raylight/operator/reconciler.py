@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from raylight.api import ManifestError, TrainingJobStatus, TuneSweepStatus, parse_resource
 from raylight.api.manifest import Resource
@@ -240,8 +241,9 @@ class Reconciler:
                 continue
             try:
                 warning = self.kube.latest_warning(key[1], str(pod["metadata"].get("uid")))
-            except ApiException as exc:  # only an explanation: the status is right without it
-                log.warning("could not read the Events of pod %s: %s", pod["metadata"].get("name"), api_message(exc))
+            except (ApiException, HTTPError) as exc:  # only an explanation: the status is right without it
+                log.warning("could not read the Events of pod %s: %s", pod["metadata"].get("name"),
+                            api_message(exc) if isinstance(exc, ApiException) else exc)
                 warning = None
             if warning is not None:
                 pod["status"]["warning"] = {"reason": warning[0], "message": warning[1]}
