@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from rich.console import Console
 from rich.markup import escape
 
 from raylight.api import ManifestError, read_manifests
+from raylight.api.console import EXIT_FAILED, EXIT_OK, add_run_arguments, print_errors
 
-# The run command's driver lives with the trainer: a RayJob's entrypoint runs the same code in the
-# head pod. Its module imports nothing heavy, so `raylight validate` stays fast.
-from raylight_trainer.driver import EXIT_FAILED, EXIT_OK, add_run_arguments, exit_quickly, print_errors, run_command
+# `raylight run`'s driver lives with the trainer (a RayJob's entrypoint runs the same code in the
+# head pod) and needs the trainer extra: it is imported by `run` alone, so that every other command,
+# the operator included, works on a base install (`pip install raylight`).
+TRAINER_EXTRA = "trainer"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -35,7 +38,37 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def missing_trainer_packages() -> list[str]:
+    """The trainer extra's distributions that are not installed here (none where the package's
+    metadata cannot be read: a source tree that was never installed runs as it is)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    try:
+        requirements = requires("raylight") or []
+    except PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        if f'extra == "{TRAINER_EXTRA}"' not in marker.replace("'", '"'):
+            continue
+        distribution = re.match(r"\s*([A-Za-z0-9._-]+)", name).group(1)  # type: ignore[union-attr]
+        try:
+            version(distribution)
+        except PackageNotFoundError:
+            missing.append(distribution)
+    return missing
+
+
 def _run(args: argparse.Namespace) -> int:
+    missing = missing_trainer_packages()
+    if missing:
+        said = (f"raylight run trains here, and this install lacks the trainer's packages ({', '.join(missing)}): "
+                f"pip install 'raylight[{TRAINER_EXTRA}]'")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error[/red] {escape(said)}")
+        return EXIT_FAILED
+    from raylight_trainer.driver import run_command
+
     return run_command(args)
 
 
@@ -142,6 +175,8 @@ def console_main() -> None:
     interpreter's slow teardown (see `exit_quickly`); the others exit as usual."""
     code = main()
     if "ray" in sys.modules:
+        from raylight_trainer.driver import exit_quickly
+
         exit_quickly(code)
     sys.exit(code)
 

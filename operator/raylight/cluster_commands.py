@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from raylight.api import GROUP, VERSION
+from raylight.api.console import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from raylight.api.crd import KIND_INFO
 from raylight.operator.state import find_condition
 
@@ -27,7 +28,6 @@ KINDS = {kind: str(info["plural"]) for kind, info in KIND_INFO.items()}
 # What `kind/NAME` may say, as kubectl accepts it: kind, plural or short name, any case.
 _KIND_WORDS = {word: kind for kind, info in KIND_INFO.items()
                for word in (kind.lower(), info["plural"], *info["short"])}
-EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 3
 
 
 class CommandError(Exception):
@@ -251,8 +251,8 @@ def _report(resource: dict[str, Any], args: argparse.Namespace, err: Console) ->
 def trials(args: argparse.Namespace) -> int:
     """A sweep's trial table, as the local run shows it, from its MLflow runs."""
     from raylight.api import ManifestError, TuneSweep, parse_resource
+    from raylight.api.console import TrialTable
     from raylight.cluster_mlflow import reader_for, table_state, trial_rows
-    from raylight_trainer.console.progress import TrialTable
 
     target = connect(args)
     resource = resolve(target, args.name if "/" in args.name else f"tunesweep/{args.name}")

@@ -48,6 +48,19 @@ def kuberay(kube_cluster: Cluster) -> Iterator[str]:
     process.wait(timeout=30)
 
 
+@pytest.fixture(scope="session")
+def base_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a venv with `pip install raylight` alone (no trainer extra: no torch, no Ray, no
+    MLflow), as the operator image and a laptop that only talks to a cluster have it."""
+    venv = tmp_path_factory.mktemp("base-install") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    # A copy of the sources (not editable): the wheel's packages, as users get them.
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(REPO)],
+                   check=True, timeout=600, cwd=venv.parent)
+    return python
+
+
 @pytest.fixture
 def namespace(kube_cluster: Cluster) -> Iterator[str]:
     with kube_cluster.scratch_namespace() as name:

@@ -1,6 +1,9 @@
 """`raylight get` and `raylight wait` (also `kubectl raylight ...`) against the real API server and
 operator, reading what a user reads: table rows, messages and exit codes.
 
+Every command runs from a base install (`pip install raylight`, no trainer extra): that is where a
+laptop that only talks to a cluster runs them.
+
 KubeRay's RayJob status is written by the test, as in test_operator (no kubelet runs pods here)."""
 
 from __future__ import annotations
@@ -9,20 +12,32 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from .conftest import Cluster, OperatorProcess, wait_for
 from .test_operator import apply_training_job, gpu_sweep, status_of
 
+CLI_PYTHON: list[Path] = []
+"""The base install's python (set once per module by `from_a_base_install`)."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def from_a_base_install(base_install: Path) -> None:
+    CLI_PYTHON[:] = [base_install]
+
+
+def cli(*args: str) -> list[str]:
+    return [str(CLI_PYTHON[0]), "-m", "raylight.cli", *args]
+
 
 def raylight(cluster: Cluster, *args: str, kubeconfig: Path | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig or cluster.kubeconfig), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "raylight.cli", *args], env=env, capture_output=True,
+    return subprocess.run(cli(*args), env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -47,7 +62,7 @@ def sweep_running(cluster: Cluster, namespace: str, mlflow_server: str, body: di
 
 def start_wait(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "raylight.cli", "wait", *args], env=env, text=True,
+    return subprocess.Popen(cli("wait", *args), env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -88,7 +103,7 @@ def test_get_lists_both_kinds_and_wait_follows_a_sweep_to_success(
     assert again.returncode == 0 and json.loads(again.stdout)["phase"] == "Succeeded"
 
     # kubectl finds the plugin on PATH: `kubectl raylight get`.
-    plugin = shutil.which("kubectl-raylight", path=str(Path(sys.executable).parent))
+    plugin = shutil.which("kubectl-raylight", path=str(CLI_PYTHON[0].parent))
     assert plugin, "the kubectl-raylight script is not installed next to raylight"
     env = {**os.environ, "PATH": f"{Path(plugin).parent}:{os.environ['PATH']}", "COLUMNS": "200"}
     through_kubectl = subprocess.run(
@@ -254,9 +269,8 @@ def test_logs_reads_the_driver_and_trial_logs_the_trainer_kept_in_mlflow(
 
     # -f prints what the log gains and ends when the trial's run does.
     env = {**os.environ, "KUBECONFIG": str(kube_cluster.kubeconfig)}
-    following = subprocess.Popen([sys.executable, "-m", "raylight.cli", "logs", "gpu-sweep", "--trial", "a_00001",
-                                  "-f", "-n", namespace], env=env, text=True, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
+    following = subprocess.Popen(cli("logs", "gpu-sweep", "--trial", "a_00001", "-f", "-n", namespace), env=env,
+                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(lambda: following.poll() is None and _exists(client, trial, "logs/worker-0.log"), what="the follower")
     client.log_text(trial, "worker 1/2 on node-a\nepoch 1/60 val_acc=0.5000\nepoch 2/60 val_acc=0.7000\n",
                     "logs/worker-0.log")
@@ -271,3 +285,20 @@ def test_logs_reads_the_driver_and_trial_logs_the_trainer_kept_in_mlflow(
 
 def _exists(client: Any, run_id: str, path: str) -> bool:
     return any(f.path == path for f in client.list_artifacts(run_id, path.rsplit("/", 1)[0]))
+
+
+def test_the_base_install_has_no_trainer_packages_and_run_says_what_to_install(kube_cluster: Cluster) -> None:
+    """The other tests here pass on a base install; this one shows it is one, and that the one
+    command that trains says what it lacks instead of a traceback."""
+    trainer_modules = ("torch", "ray", "mlflow", "pyarrow", "pytorch_lightning")
+    probe = subprocess.run([str(CLI_PYTHON[0]), "-c", "import importlib.util as u, json, sys; print(json.dumps("
+                            "[m for m in sys.argv[1:] if u.find_spec(m)]))", *trainer_modules],
+                           capture_output=True, text=True, check=True)
+    assert json.loads(probe.stdout) == []
+    example = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+    run = raylight(kube_cluster, "run", str(example))
+    assert run.returncode == 1, run
+    assert "pip install 'raylight[trainer]'" in run.stderr and "torch" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    validated = raylight(kube_cluster, "validate", str(example))
+    assert validated.returncode == 0 and "ok" in validated.stdout, validated

@@ -18,6 +18,45 @@ def test_api_and_cli_do_not_import_heavy_frameworks() -> None:
     assert result.stdout.strip() == ""
 
 
+def test_the_cli_and_the_operator_load_nothing_of_the_trainer() -> None:
+    """`pip install raylight` (no trainer extra) is what the operator image and a laptop that only
+    talks to a cluster have: none of its commands but `run` may load `raylight_trainer` (whose
+    modules import Ray, pyarrow, torch)."""
+    code = (
+        "import sys, raylight.cli, raylight.cluster_commands, raylight.cluster_logs, raylight.cluster_mlflow, "
+        "raylight.operator.handlers; raylight.cli.build_parser(); "
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'raylight_trainer')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+# Where `raylight` may import the trainer: `raylight run` (it trains) and the exit after it.
+TRAINER_IMPORTS_ALLOWED = {("cli.py", "_run"), ("cli.py", "console_main")}
+
+
+def test_raylight_imports_the_trainer_only_where_run_needs_it() -> None:
+    """Read from the source: an import of `raylight_trainer` anywhere in `raylight` but inside
+    `cli._run` and `cli.console_main` fails here, naming the file, the function and the line."""
+    import ast
+
+    import raylight
+
+    offending = []
+    for path in sorted(Path(next(iter(raylight.__path__))).rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        scopes = {id(inner): outer.name for outer in ast.walk(tree)
+                  if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef) for inner in ast.walk(outer)}
+        for node in ast.walk(tree):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if any(name.split(".")[0] == "raylight_trainer" for name in names):
+                where = (path.name, scopes.get(id(node), "(module)"))
+                if where not in TRAINER_IMPORTS_ALLOWED:
+                    offending.append(f"{path.name}:{node.lineno} in {where[1]}")
+    assert not offending, offending
+
+
 def test_the_trainer_depends_on_the_api_alone_of_the_operator_package() -> None:
     """`raylight_trainer` runs in the trainer image: of `raylight` it may import `raylight.api` and
     nothing else (the operator, the CLI and the cluster commands depend on it, never the reverse).

@@ -24,9 +24,10 @@ from rich.markup import escape
 
 from raylight.api import ManifestError, TrainingJob, TuneSweep, read_manifests
 from raylight.api.cluster import is_object_store
+from raylight.api.console import EXIT_FAILED, EXIT_OK, add_run_arguments, print_errors
 from raylight.api.manifest import no_resource_error
 
-from .console.summary import EXIT_FAILED, EXIT_OK, is_local_store, print_errors, run_exit_code
+from .console.summary import is_local_store, run_exit_code
 from .runtime.placement import ray_cluster_address, storage_field
 from .runtime.ports import free_port
 from .runtime.storage import Storage
@@ -238,7 +239,9 @@ def _run_sweep(sweep: TuneSweep, settings: RunSettings, options: RunOptions, con
         },
     }
     summary["interrupted"] = signal_name(result.interrupted) if result.interrupted else None
-    summary["succeeded"] = result.counts()["failed"] < result.counts()["total"] and not result.interrupted
+    summary["error"] = result.error
+    summary["succeeded"] = result.counts()["failed"] < result.counts()["total"] and not result.interrupted \
+        and not result.error
     return summary
 
 
@@ -288,36 +291,6 @@ def _run_job(job: TrainingJob, settings: RunSettings, options: RunOptions, conso
         "interrupted": signal_name(result.interrupted) if result.interrupted else None,
         "succeeded": result.state == "succeeded",
     }
-
-
-def add_run_arguments(run: argparse.ArgumentParser) -> None:
-    """The options of `raylight run` (and of the trainer image's entrypoint, which takes the same)."""
-    run.add_argument("file", help="manifest YAML (the same file kubectl apply takes)")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
-    run.add_argument("--data-dir", help="directory that relative data.path values are resolved against")
-    run.add_argument("--storage-path", help="checkpoints and sweep state: a directory, or s3://BUCKET/PREFIX "
-                     "(credentials from AWS_* variables) or gs://BUCKET/PREFIX (default: ./raylight_results)")
-    run.add_argument("--data-cache", help="where datasets read from object storage are copied "
-                     "(default: ~/.cache/raylight/datasets)")
-    run.add_argument("--data-cache-size", type=_quantity_argument,
-                     help="the most those copies may hold, e.g. 20Gi (default: 50Gi); the least recently used go")
-    run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
-    run.add_argument("--output", "-o", choices=("text", "json"), default="text",
-                     help="json: a machine-readable summary on stdout")
-    run.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
-    run.add_argument("--verbose", action="store_true", help="show Ray's and the workers' logs")
-    run.add_argument("--allow-failed-trials", action="store_true",
-                     help="exit 0 when a sweep succeeded even though some of its trials failed")
-
-
-def _quantity_argument(value: str) -> str:
-    from raylight.api.cluster import quantity_bytes
-
-    try:
-        quantity_bytes(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return value
 
 
 def _export_data_cache(args: argparse.Namespace) -> None:

@@ -13,82 +13,12 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
-_STATE_STYLE = {"PENDING": "dim", "RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "STOPPED": "yellow",
-                "INTERRUPTED": "yellow"}
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def _config_text(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config.items())
+from raylight.api.console import TrialTable
 
 
 def _log_line(console: Console, text: str) -> None:
     console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
-
-
-class TrialTable:
-    """Rendering of trial rows; kept apart from Tune so it can be tested on plain data."""
-
-    def __init__(self, metric: str, max_t: int) -> None:
-        self.metric, self.max_t = metric, max_t
-        self.rows: dict[str, dict[str, Any]] = {}
-
-    def update(self, trial_id: str, state: str, config: dict[str, Any], result: dict[str, Any] | None) -> list[str]:
-        """Record a trial's state; return what happened since the last update, as log lines."""
-        row = self.rows.get(trial_id)
-        before = (None, 0) if row is None else (row["state"], row["epochs"])
-        row = self.rows.setdefault(trial_id, {"state": state, "config": config, "epochs": 0, "metric": None})
-        row["state"], row["config"] = state, config
-        if result:
-            row["epochs"] = int(result.get("epochs", row["epochs"]) or 0)
-            if self.metric in result:
-                row["metric"] = float(result[self.metric])
-        return self._events(trial_id, row, *before)
-
-    def _events(self, trial_id: str, row: dict[str, Any], state: str | None, epochs: int) -> list[str]:
-        events = []
-        if row["state"] == "RUNNING" and state in (None, "PENDING"):
-            events.append(f"trial {trial_id} started: {_config_text(row['config'])}")
-        if row["epochs"] > epochs:
-            metric = "" if row["metric"] is None else f" {self.metric}={row['metric']:.4f}"
-            events.append(f"trial {trial_id} epoch {row['epochs']}/{self.max_t}{metric}")
-        if row["state"] != state and row["state"] in ("TERMINATED", "ERROR", "INTERRUPTED"):
-            events.append(f"trial {trial_id} {self._ending(row)}")
-        return events
-
-    def _ending(self, row: dict[str, Any]) -> str:
-        metric = "" if row["metric"] is None else f", {self.metric}={row['metric']:.4f}"
-        if row["state"] == "ERROR":
-            return f"failed at epoch {row['epochs']}/{self.max_t}"
-        if row["state"] == "INTERRUPTED":
-            return (f"cut short at epoch {row['epochs']}/{self.max_t} by the interrupt "
-                    "(it resumes from its last checkpoint)")
-        if 0 < row["epochs"] < self.max_t:
-            return f"stopped early by ASHA at epoch {row['epochs']}/{self.max_t}{metric}"
-        return f"finished: epoch {row['epochs']}/{self.max_t}{metric}"
-
-    def render(self) -> Table:
-        table = Table(title="Trials", expand=False)
-        with_runs = any(row.get("run") for row in self.rows.values())  # the cluster's table names them
-        for column in ("trial", "state", "epoch", self.metric, "config", *(["MLflow run"] if with_runs else [])):
-            table.add_column(column)
-        for trial_id, row in sorted(self.rows.items()):
-            state = row["state"]
-            if state == "TERMINATED" and 0 < row["epochs"] < self.max_t:
-                state = "STOPPED"  # ended before maxT: ASHA stopped it
-            metric = "" if row["metric"] is None else f"{row['metric']:.4f}"
-            table.add_row(trial_id, Text(state, style=_STATE_STYLE.get(state, "")),
-                          f"{row['epochs']}/{self.max_t}", metric, _config_text(row["config"]),
-                          *([row.get("run") or ""] if with_runs else []))
-        return table
 
 
 class LiveTrials(Callback):

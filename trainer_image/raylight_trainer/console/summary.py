@@ -6,18 +6,16 @@ import signal
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from raylight.api import SpecError
+from raylight.api.console import EXIT_FAILED, EXIT_OK
 
 from ..runtime.placement import ray_cluster_address
 
 # Exit codes (README: "Exit codes"): 0 all good; 1 a manifest is invalid, or the run failed (or a
 # trial did, unless --allow-failed-trials); 2 the command line itself is wrong (argparse's own);
 # 128 + N: stopped by signal N, as a shell reports it.
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def is_local_store(uri: str) -> bool:
@@ -68,9 +66,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_row("state", summary["state"])
         table.add_row(f"best {metric}", "-" if summary["bestMetric"] is None else f"{summary['bestMetric']:.4f}")
         table.add_row("epochs", str(summary["epochs"]))
-        if summary["error"]:
-            table.add_row("error", summary["error"])
         table.add_row("run", mlflow["runId"])
+    if summary.get("error"):
+        table.add_row("error", summary["error"])
     table.add_row("MLflow", f"{mlflow['trackingUri']} (experiment {mlflow['experimentName']!r}, "
                             f"id {mlflow['experimentId']})")
     if mlflow.get("modelUri"):
@@ -82,11 +80,6 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_row("took", f"{summary['wallSeconds']} s")
     style = "green" if summary["succeeded"] else "red"
     console.print(Panel(table, title=f"{summary['kind']} {summary['name']}", border_style=style))
-
-
-def print_errors(console: Console, errors: list[SpecError]) -> None:
-    for error in errors:
-        console.print(f"[red]error[/red] {escape(str(error))}", soft_wrap=True)
 
 
 def run_exit_code(summaries: list[dict[str, Any]], allow_failed_trials: bool, console: Console) -> int:

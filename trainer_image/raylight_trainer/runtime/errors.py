@@ -13,6 +13,11 @@ class StorageError(ValueError):
     the message names the URI and where the credentials came from."""
 
 
+class CheckpointsUnreadable(StorageError):
+    """A finished run's checkpoints that cannot be read back (a storage hiccup, permissions, a torn
+    copy): its model cannot be logged, so the run must not be called succeeded. Names the path."""
+
+
 class PretrainedError(ValueError):
     """Weights to start from that cannot be had or do not fit the model; the message names
     spec.model.pretrained (or spec.model.name) and what to change."""

@@ -8,6 +8,7 @@ import posixpath
 import ray
 import torch
 
+from ..runtime.errors import CheckpointsUnreadable
 from ..runtime.storage import Storage
 from .workers import load_checkpoint_model
 
@@ -15,15 +16,20 @@ log = logging.getLogger(__name__)
 
 
 def train_result(run_dir: Storage) -> ray.train.Result | None:
-    """Ray Train's record of a run directory: its checkpoints and their metrics (None if none)."""
+    """Ray Train's record of a run directory: its checkpoints and their metrics (None where the
+    directory does not exist: the run trained elsewhere, in its trial's own process).
+
+    Raises CheckpointsUnreadable, naming the directory, when it is there but cannot be read: taken
+    for "no checkpoints", a storage hiccup made a run succeed without its model."""
     from ray.train import Result
 
-    if not run_dir.exists():
-        return None
     try:
+        if not run_dir.exists():
+            return None
         return Result.from_path(run_dir.path, storage_filesystem=run_dir.ray_filesystem)
-    except Exception:
-        return None
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointsUnreadable(f"the checkpoints under {run_dir} cannot be read: {reason}") from exc
 
 
 def best_checkpoint_model(result: ray.train.Result | None, metric: str, mode: str) -> torch.nn.Module | None:

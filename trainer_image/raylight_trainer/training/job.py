@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import time
@@ -15,7 +16,9 @@ from mlflow.tracking import MlflowClient
 from raylight.api import TrainingJob
 from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED
 
+from ..runtime.errors import CheckpointsUnreadable
 from ..runtime.interrupt import finishing_up, in_background_thread, received_signal, signal_name
+from ..runtime.storage import Storage
 from ..tracking.attributions import PendingAttributions
 from ..tracking.logs import keep_driver_log
 from ..tracking.mlflow_runs import (
@@ -38,6 +41,8 @@ from .checkpoints import best_checkpoint_model, prune_unrecorded_checkpoints, tr
 from .resources import check_fits
 from .run_state import RunSettings, claim_run_dir, local_dir, save_state, spec_hash
 from .workers import REPORTED_METRICS, build_trainer, input_shape, model_card, trial_part
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,17 +129,11 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
     best_value = (max(values) if mode == "max" else min(values)) if values else None
     model_uri = attributions_uri = None
     if error is None:
-        train_dir = run_dir / "train"
-        record = train_result(train_dir)  # read once: what to prune, and the best checkpoint
-        prune_unrecorded_checkpoints(train_dir, record)
-        model = best_checkpoint_model(record, metric, mode)
-        if model is not None:
-            pending = PendingAttributions(model, trial_part(spec), settings.data_dir, settings.tracking_uri, run_id) \
-                if spec.interpretability.enabled and received_signal() is None else None  # not when asked to stop
-            model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
-                                  spec.mlflow.registered_model_name, model_card(model, spec.data.dataset))
-            artifact = pending.artifact() if pending is not None else None
-            attributions_uri = f"runs:/{run_id}/{artifact}" if artifact else None
+        try:
+            model_uri, attributions_uri = _log_best_model(job, settings, run_id, run_dir / "train")
+        except CheckpointsUnreadable as exc:
+            # The training ended well, but without its model it must not be called succeeded.
+            error = f"the training ended but its model cannot be logged: {exc}"
         if best_value is not None:
             client.log_metric(run_id, f"best_{metric}", best_value)
     state = "failed" if error else "succeeded"
@@ -142,7 +141,10 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
     if error:
         client.set_tag(run_id, TAG_ERROR, error[:5000])
     set_final(client, run_id, RunStatus.to_string(RunStatus.FAILED if error else RunStatus.FINISHED))
-    save_state(run_dir, finished=True)
+    try:
+        save_state(run_dir, finished=True)
+    except Exception as exc:  # the outcome is in MLflow already; a resume would only train again
+        log.warning("could not mark %s finished: %s", run_dir, exc)
     last = {key: values_[-1][1] for key, values_ in history.items() if values_}
     return JobResult(
         name=name, namespace=namespace, tracking_uri=settings.tracking_uri, experiment_id=experiment_id,
@@ -150,6 +152,24 @@ def _finish_training_job(job: TrainingJob, settings: RunSettings, client: Mlflow
         metrics=last, model_uri=model_uri, error=error, wall_seconds=time.monotonic() - started,
         attributions_uri=attributions_uri,
     )
+
+
+def _log_best_model(job: TrainingJob, settings: RunSettings, run_id: str,
+                    train_dir: Storage) -> tuple[str | None, str | None]:
+    """The best checkpoint's model logged (and its attributions): their URIs, None where the run kept
+    no checkpoint. Raises CheckpointsUnreadable where its checkpoints cannot be read."""
+    spec = job.spec
+    record = train_result(train_dir)  # read once: what to prune, and the best checkpoint
+    prune_unrecorded_checkpoints(train_dir, record)
+    model = best_checkpoint_model(record, spec.objective.metric, spec.objective.mode)
+    if model is None:
+        return None, None
+    pending = PendingAttributions(model, trial_part(spec), settings.data_dir, settings.tracking_uri, run_id) \
+        if spec.interpretability.enabled and received_signal() is None else None  # not when asked to stop
+    model_uri = log_model(settings.tracking_uri, run_id, model, input_shape(model),
+                          spec.mlflow.registered_model_name, model_card(model, spec.data.dataset))
+    artifact = pending.artifact() if pending is not None else None
+    return model_uri, f"runs:/{run_id}/{artifact}" if artifact else None
 
 
 def _node_resources() -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from raylight.api import BestTrial, SweepProgress, TrialCounts
 from raylight.api.tags import TAG_ERROR, TAG_PARENT_RUN_ID
 
+from ..runtime.errors import CheckpointsUnreadable
 from ..runtime.storage import Storage
 from ..tracking.mlflow_runs import (
     TAG_STATE,
@@ -52,6 +53,7 @@ class SweepResult:
     interrupted: int | None = None  # the signal that stopped it before it ended (resume: run it again)
     max_concurrent_trials: int = 0
     wall_seconds: float = 0.0
+    error: str | None = None  # why a sweep whose trials ran failed anyway (its best model cannot be had)
 
     def counts(self) -> dict[str, int]:
         counts = {"total": len(self.trials)}
@@ -63,12 +65,18 @@ class SweepResult:
 def trial_model(experiment_dir: Storage, analysis: Any, trial_id: str, metric: str, mode: str) -> Any:
     """The model at a trial's best checkpoint: kept by Ray Train for a trial that drove a worker
     group, by Tune for one that trained in its own process (None if it kept none)."""
-    model = best_checkpoint_model(train_result(experiment_dir / "trials" / f"trial-{trial_id}"), metric, mode)
+    unreadable: CheckpointsUnreadable | None = None
+    try:
+        model = best_checkpoint_model(train_result(experiment_dir / "trials" / f"trial-{trial_id}"), metric, mode)
+    except CheckpointsUnreadable as exc:  # Tune may keep the trial's checkpoints too: look there first
+        model, unreadable = None, exc
     if model is not None:
         return model
     trial = next((t for t in analysis.trials if t.trial_id == trial_id), None)
     checkpoint = analysis.get_best_checkpoint(trial, metric, mode) if trial is not None else None
     if checkpoint is None:
+        if unreadable is not None:
+            raise unreadable
         return None
     with checkpoint.as_directory() as directory:
         return load_checkpoint_model(directory)

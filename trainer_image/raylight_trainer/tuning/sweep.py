@@ -19,6 +19,7 @@ from raylight.api import TrialSpec, TuneSweep, apply_overrides
 from raylight.api.tags import TAG_ERROR, TAG_INTERRUPTED
 
 from ..runtime import timeline
+from ..runtime.errors import CheckpointsUnreadable
 from ..runtime.interrupt import finishing_up, received_signal, say_it_finishes, signal_name, tune_stops_gracefully
 from ..runtime.storage import Storage
 from ..runtime.timeline_hooks import TrialEvents
@@ -139,6 +140,21 @@ def _open_parent_run(sweep: TuneSweep, client: MlflowClient, experiment_id: str,
     return parent_run_id
 
 
+def replace_restored_callbacks(tuner: tune.Tuner, callbacks: list[tune.Callback]) -> None:
+    """Give a restored Tuner this run's callbacks: `Tuner.restore` takes none (Ray 2.60), and without
+    them a resumed sweep loses its progress display and MLflow's live progress. There is no public
+    way, so this reaches into Tune's private run config; where a Ray upgrade renamed it, the sweep
+    fails here, naming what moved, instead of going on silently without its progress."""
+    local = getattr(tuner, "_local_tuner", None)
+    run_config = getattr(local, "_run_config", None)
+    if run_config is None or not hasattr(run_config, "callbacks"):
+        raise RuntimeError(
+            f"cannot resume this sweep with its progress callbacks: Ray {ray.__version__}'s restored Tuner has no "
+            "_local_tuner._run_config.callbacks (Raylight is tested with Ray 2.60); start it over with --fresh, "
+            "or use the Ray version Raylight pins")
+    run_config.callbacks = callbacks
+
+
 def _tuner(sweep: TuneSweep, experiment_dir: Storage, trainable: Any, callbacks: list[tune.Callback],
            concurrency: int, resumable: bool) -> tune.Tuner:
     """Tune's tuner: restored from the experiment's saved state (the unfinished trials go on), or new."""
@@ -147,11 +163,7 @@ def _tuner(sweep: TuneSweep, experiment_dir: Storage, trainable: Any, callbacks:
         register_old_paths()  # a state saved by an older release names its modules' old paths
         tuner = tune.Tuner.restore(experiment_dir.path, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False, storage_filesystem=experiment_dir.ray_filesystem)
-        # Tuner.restore takes no callbacks; the progress display and MLflow's live progress are
-        # worth reaching in for.
-        local = getattr(tuner, "_local_tuner", None)
-        if local is not None:
-            local._run_config.callbacks = callbacks
+        replace_restored_callbacks(tuner, callbacks)
         return tuner
     if spec.scheduler.asha is not None:
         asha = spec.scheduler.asha
@@ -227,7 +239,11 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
         if best.run_id:
             client.set_tag(parent_run_id, "raylight.best_run_id", best.run_id)
         log_params(client, parent_run_id, {f"best.{k}": v for k, v in best.config.items()})
-        model = trial_model(experiment_dir, analysis, best.trial_id, metric, mode)
+        try:
+            model = trial_model(experiment_dir, analysis, best.trial_id, metric, mode)
+        except CheckpointsUnreadable as exc:
+            # The trials ended well, but without its best model the sweep must not be called succeeded.
+            model, result.error = None, f"the sweep ended but its best model cannot be logged: {exc}"
         timeline.mark("best_model_loaded", trial="-")
         if model is not None:
             pending = _start_attributions(result, model, spec, experiment_dir, analysis, settings, metric, mode)
@@ -245,10 +261,10 @@ def _finish_sweep(sweep: TuneSweep, settings: RunSettings, client: MlflowClient,
         client.log_metric(parent_run_id, f"trials_{key}", value)
     write_progress(client, parent_run_id, final_progress(result, spec.num_samples))
     failed_all = counts["failed"] == counts["total"]
-    first_error = next((t.error for t in result.trials if t.error), None)
-    if failed_all and first_error:  # the sweep's root cause, where the operator reads it
+    first_error = result.error or next((t.error for t in result.trials if t.error), None)
+    if (failed_all or result.error) and first_error:  # the sweep's root cause, where the operator reads it
         client.set_tag(parent_run_id, TAG_ERROR, first_error)
-    set_final(client, parent_run_id, "FAILED" if failed_all else "FINISHED")
+    set_final(client, parent_run_id, "FAILED" if failed_all or result.error else "FINISHED")
     save_state(experiment_dir, finished=True)
     timeline.mark("sweep_end", trial="-")
     result.wall_seconds = time.monotonic() - started
