@@ -12,6 +12,7 @@ import yaml
 
 from raylight.api import parse_resource
 from raylight.operator.builder import MANIFEST_ANNOTATION, MANIFEST_VOLUME, build_rayjob
+from raylight.operator.reconciler import APPLIED_HASH_ANNOTATION
 
 from .conftest import REPO, Cluster, OperatorProcess, wait_for
 
@@ -280,10 +281,17 @@ def test_operator_never_fights_gitops_over_the_spec(kube_cluster: Cluster, names
     after = kube_cluster.get("ts", "vit-digits-asha", namespace)
     assert after is not None and after["metadata"]["generation"] == body["metadata"]["generation"]
     # A field another manager owns on the RayJob (e.g. Kueue's suspend, a label) survives our re-apply.
+    # The operator re-applies only what changed: taking its applied-hash annotation away makes it
+    # apply the whole RayJob again (the annotation comes back), and only then is the label checked.
     kube_cluster.kubectl("label", "rayjob", "ts-vit-digits-asha", "-n", namespace, "team=vision")
-    kube_cluster.kubectl("annotate", "ts", "vit-digits-asha", "-n", namespace, "touch=1")  # triggers a reconcile
-    wait_for(lambda: (kube_cluster.get("rayjob", "ts-vit-digits-asha", namespace) or {})
-             .get("metadata", {}).get("labels", {}).get("team") == "vision", what="the label to stay")
+    kube_cluster.kubectl("annotate", "rayjob", "ts-vit-digits-asha", "-n", namespace, f"{APPLIED_HASH_ANNOTATION}-")
+
+    def reapplied() -> dict[str, Any] | None:
+        rayjob = kube_cluster.get("rayjob", "ts-vit-digits-asha", namespace) or {}
+        return rayjob if APPLIED_HASH_ANNOTATION in (rayjob.get("metadata", {}).get("annotations") or {}) else None
+
+    rayjob = wait_for(reapplied, what="the operator to apply the RayJob again")
+    assert rayjob["metadata"]["labels"].get("team") == "vision", rayjob["metadata"]["labels"]
 
 
 def test_what_the_rayjob_schema_refuses_fails_the_resource_and_leaves_nothing(

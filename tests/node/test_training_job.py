@@ -59,12 +59,15 @@ def test_two_worker_pods_train_with_ddp_and_survive_losing_one(
                              "trainingjob/ddp", check=False)
     job = cluster.get("trainingjob", "ddp", namespace) or {}
     assert waited.returncode == 0, f"{waited.stderr}\nstatus: {job.get('status')}"
-    status = job["status"]
-    assert status["epoch"] == EPOCHS - 1 or status["epoch"] == EPOCHS
+    # The status reads MLflow once more as the run ends: the last epoch shows, not the one before.
+    wait_for(lambda: epoch() == EPOCHS, timeout=60, interval=1, what=f"epoch {EPOCHS} in the final status")
+    status = (cluster.get("trainingjob", "ddp", namespace) or {})["status"]
     assert [r["metadata"]["name"] for r in cluster.list("rayjobs", namespace)] == ["tj-ddp"]
 
-    # Checkpoints of both the first and the resumed attempt are on the shared volume.
-    assert list((results / namespace / "ddp").rglob("checkpoint_*")), "no checkpoint on the shared volume"
+    # The checkpoints are on the shared volume: those Ray Train recorded (checkpointsToKeep, 2, and
+    # at most the one being written as the worker died); the strays of the lost worker were pruned.
+    kept = [path for path in (results / namespace / "ddp").rglob("checkpoint_*") if path.is_dir()]
+    assert 1 <= len(kept) <= 3, kept
     # One MLflow run whose val_acc history has every epoch once: resumed, not restarted.
     history = mlflow_client(raylight).get_metric_history(status["mlflow"]["runId"], "val_acc")
     steps = sorted(m.step for m in history)
