@@ -8,27 +8,35 @@ import sys
 from pathlib import Path
 
 
+def loaded_by(imports: str, packages: set[str]) -> list[str]:
+    """The modules of `packages` that a fresh interpreter has loaded after running `imports`."""
+    code = f"import sys; {imports}; print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in sys.argv[1:])))"
+    result = subprocess.run([sys.executable, "-c", code, *packages], capture_output=True, text=True, check=True)
+    return [name for name in result.stdout.strip().split(",") if name]
+
+
+def absolute_imports(node: object) -> list[str]:
+    """The modules an `import` or absolute `from ... import` statement names (none for other nodes)."""
+    import ast
+
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+        return [node.module or ""]
+    return []
+
+
 def test_api_and_cli_do_not_import_heavy_frameworks() -> None:
-    code = (
-        "import sys, raylight.api, raylight.cli; "
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'mlflow', 'pytorch_lightning'}); "
-        "print(','.join(heavy))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == ""
+    assert loaded_by("import raylight.api, raylight.cli", {"torch", "ray", "mlflow", "pytorch_lightning"}) == []
 
 
 def test_the_cli_and_the_operator_load_nothing_of_the_trainer() -> None:
     """`pip install raylight` (no trainer extra) is what the operator image and a laptop that only
     talks to a cluster have: none of its commands but `run` may load `raylight_trainer` (whose
     modules import Ray, pyarrow, torch)."""
-    code = (
-        "import sys, raylight.cli, raylight.cluster_commands, raylight.cluster_logs, raylight.cluster_mlflow, "
-        "raylight.operator.handlers; raylight.cli.build_parser(); "
-        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'raylight_trainer')))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == ""
+    imports = ("import raylight.cli, raylight.cluster_commands, raylight.cluster_logs, raylight.cluster_mlflow, "
+               "raylight.operator.handlers; raylight.cli.build_parser()")
+    assert loaded_by(imports, {"raylight_trainer"}) == []
 
 
 # Where `raylight` may import the trainer: `raylight run` (it trains) and the exit after it.
@@ -48,9 +56,7 @@ def test_raylight_imports_the_trainer_only_where_run_needs_it() -> None:
         scopes = {id(inner): outer.name for outer in ast.walk(tree)
                   if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef) for inner in ast.walk(outer)}
         for node in ast.walk(tree):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            if any(name.split(".")[0] == "raylight_trainer" for name in names):
+            if any(name.split(".")[0] == "raylight_trainer" for name in absolute_imports(node)):
                 where = (path.name, scopes.get(id(node), "(module)"))
                 if where not in TRAINER_IMPORTS_ALLOWED:
                     offending.append(f"{path.name}:{node.lineno} in {where[1]}")
@@ -69,9 +75,7 @@ def test_the_trainer_depends_on_the_api_alone_of_the_operator_package() -> None:
     offending = []
     for path in sorted(Path(next(iter(raylight_trainer.__path__))).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            for name in names:
+            for name in absolute_imports(node):
                 if name.split(".")[0] == "raylight" and name != "raylight.api" \
                         and not name.startswith("raylight.api."):
                     offending.append(f"{path.name}:{node.lineno} imports {name}")
