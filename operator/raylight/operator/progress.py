@@ -356,8 +356,9 @@ class ProgressPoller:
                     # only bounds how late the status catches up once it is back.
                     pause = min(max(self.interval, _MAX_PAUSE_S), self.interval * 2 ** (failures - 1))
                     self._down_until[uri] = now + pause
-                if self._said.get(uri) != _kind_of(error, uri):
-                    self._said[uri] = _kind_of(error, uri)  # each new kind of failure once, not every probe
+                kind = _kind_of(error, uri)
+                if self._said.get(uri) != kind:
+                    self._said[uri] = kind  # each new kind of failure once, not every probe
                     log.warning("progress cannot be read: %s", error)
                 # Every resource on this server is as unreachable as this one: say so on all of them.
                 affected = [k for k, t in self._targets.items() if t.tracking_uri == uri]
