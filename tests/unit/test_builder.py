@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from raylight.api import Resource, load_manifests, parse_resource
+from raylight.api import ManifestError, Resource, load_manifests, parse_resource
 from raylight.operator.builder import (
     MANIFEST_ANNOTATION,
     MAX_RAYJOB_NAME,
@@ -302,3 +302,63 @@ def test_wandb_credentials_reach_every_pod_from_their_secret() -> None:
     rayjob = build_rayjob(parse_resource(doc), SETTINGS)
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]
+
+
+def _quickstart_with(cluster: dict[str, Any]) -> Any:
+    """The cluster quickstart with these fields of spec.cluster set."""
+    doc = yaml.safe_load((REPO / "examples" / "cluster-quickstart.yaml").read_text())
+    doc["spec"]["cluster"].update(cluster)
+    return parse_resource(with_identity(doc))
+
+
+def _pod_templates(rayjob: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = rayjob["spec"]
+    cluster = spec["rayClusterSpec"]
+    return {"head": cluster["headGroupSpec"]["template"], "worker": cluster["workerGroupSpecs"][0]["template"],
+            "submitter": spec["submitterPodTemplate"]}
+
+
+@pytest.mark.parametrize("name", [p.name for p in CLUSTER_MANIFESTS])
+def test_every_ray_pod_is_restricted_by_default(name: str) -> None:
+    """Pod Security "restricted" (the API server's own check runs in
+    tests/integration/test_pod_security.py): a numeric non-root user, no privilege escalation, no
+    capabilities, the runtime's seccomp profile, on every container of every role."""
+    for role, template in _pod_templates(build_rayjob(example(name), SETTINGS)).items():
+        pod = template["spec"]
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000,
+                                          "seccompProfile": {"type": "RuntimeDefault"}}, role
+        for container in pod["containers"]:
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                    "capabilities": {"drop": ["ALL"]}}, (role, container["name"])
+
+
+def test_security_contexts_keep_the_defaults_a_spec_leaves_out_and_pull_secrets_reach_every_pod() -> None:
+    rayjob = build_rayjob(_quickstart_with({
+        "podSecurityContext": {"runAsUser": 2000, "fsGroup": 100, "fsGroupChangePolicy": "OnRootMismatch"},
+        "containerSecurityContext": {"readOnlyRootFilesystem": True, "capabilities": {"add": ["NET_BIND_SERVICE"]}},
+        "imagePullSecrets": [{"name": "registry"}, {"name": "mirror"}],
+    }), SETTINGS)
+    for role, template in _pod_templates(rayjob).items():
+        pod = template["spec"]
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 2000, "fsGroup": 100,
+                                          "fsGroupChangePolicy": "OnRootMismatch",
+                                          "seccompProfile": {"type": "RuntimeDefault"}}, role
+        assert pod["imagePullSecrets"] == [{"name": "registry"}, {"name": "mirror"}], role
+        assert pod["containers"][0]["securityContext"] == {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}}, role
+
+
+@pytest.mark.parametrize(("cluster", "path"), [
+    ({"podSecurityContext": {"runAsUser": -1}}, "spec.cluster.podSecurityContext.runAsUser"),
+    ({"podSecurityContext": {"seccompProfile": {"type": "Localhost"}}},
+     "spec.cluster.podSecurityContext.seccompProfile.localhostProfile"),
+    ({"containerSecurityContext": {"capabilities": {"drop": "ALL"}}},
+     "spec.cluster.containerSecurityContext.capabilities.drop"),
+    ({"containerSecurityContext": {"runAsNonRoot": True}}, "spec.cluster.containerSecurityContext.runAsNonRoot"),
+    ({"imagePullSecrets": ["registry"]}, "spec.cluster.imagePullSecrets[0]"),
+])
+def test_a_wrong_security_field_is_refused_naming_it(cluster: dict[str, Any], path: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        _quickstart_with(cluster)
+    assert path in str(info.value), str(info.value)

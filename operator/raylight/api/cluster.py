@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import SpecModel
+from .base import FieldProblem, SpecModel
 
 # Kubernetes resource quantities (e.g. 500m, 2, 1.5, 8Gi, 512Mi).
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -121,6 +121,76 @@ class DataCacheSpec(SpecModel):
     _quantities = field_validator("size")(_check_quantity)
 
 
+# The trainer image's `ray` user (Ray's images and ours): a number, because the kubelet checks
+# runAsNonRoot against a numeric user only, and an image's `USER ray` is a name.
+RAY_UID = 1000
+_MAX_ID = 2**31 - 1
+
+
+class SeccompProfile(SpecModel):
+    """The seccomp profile of the containers."""
+
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"] = "RuntimeDefault"
+    """RuntimeDefault: the container runtime's own (what Pod Security "restricted" asks for)."""
+    localhost_profile: str | None = Field(default=None, min_length=1, max_length=4096)
+    """For type Localhost: the profile's file, relative to the kubelet's seccomp directory."""
+
+    @model_validator(mode="after")
+    def _profile_for_localhost(self) -> SeccompProfile:
+        if (self.type == "Localhost") != (self.localhost_profile is not None):
+            raise FieldProblem("localhostProfile", "set localhostProfile with type Localhost, and only then")
+        return self
+
+
+class PodSecurityContext(SpecModel):
+    """The securityContext of every Ray pod (head, workers, the submitter). Each field you leave
+    out keeps its default; the defaults pass Pod Security "restricted"."""
+
+    run_as_non_root: bool = True
+    """Refuse to start a container whose user is root."""
+    run_as_user: int | None = Field(default=RAY_UID, ge=0, le=_MAX_ID)
+    """The containers' user id (default: 1000, the trainer image's `ray` user; set your image's
+    user's number if it has another)."""
+    run_as_group: int | None = Field(default=None, ge=0, le=_MAX_ID)
+    """The containers' primary group id (default: the image's)."""
+    fs_group: int | None = Field(default=None, ge=0, le=_MAX_ID)
+    """A group that owns the pod's volumes (the kubelet changes their ownership: slow on a large volume)."""
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = None
+    """When the kubelet changes the volumes' ownership to fsGroup."""
+    supplemental_groups: list[int] = Field(default_factory=list, max_length=32)
+    """More group ids of the containers' processes."""
+    seccomp_profile: SeccompProfile = Field(default_factory=SeccompProfile)
+    """The seccomp profile of the pod's containers."""
+
+
+class Capabilities(SpecModel):
+    """Linux capabilities added to and dropped from the containers' default set."""
+
+    add: list[str] = Field(default_factory=list, max_length=64)
+    """Capabilities to add (Pod Security "restricted" allows NET_BIND_SERVICE only)."""
+    drop: list[str] = Field(default_factory=lambda: ["ALL"], max_length=64)
+    """Capabilities to drop."""
+
+
+class ContainerSecurityContext(SpecModel):
+    """The securityContext of every Ray container (head, workers, KubeRay's init containers that
+    copy it, the submitter). Each field you leave out keeps its default; the defaults pass Pod
+    Security "restricted"."""
+
+    allow_privilege_escalation: bool = False
+    """Whether a process may gain more privileges than its parent (setuid binaries)."""
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    """Linux capabilities (default: all dropped)."""
+    privileged: bool | None = None
+    """Run privileged (refused by the "baseline" and "restricted" Pod Security levels)."""
+    read_only_root_filesystem: bool | None = None
+    """Mount the container's root filesystem read-only (Ray writes to /tmp: mount an emptyDir there)."""
+    run_as_user: int | None = Field(default=None, ge=0, le=_MAX_ID)
+    """Overrides the pod's runAsUser for the containers."""
+    run_as_group: int | None = Field(default=None, ge=0, le=_MAX_ID)
+    """Overrides the pod's runAsGroup for the containers."""
+
+
 class ClusterSpec(SpecModel):
     """The Ray cluster on Kubernetes that runs this resource (KubeRay RayJob); ignored by `raylight run`."""
 
@@ -140,6 +210,15 @@ class ClusterSpec(SpecModel):
     """PriorityClass of head and worker pods."""
     service_account_name: str | None = Field(default=None, max_length=253)
     """ServiceAccount of head and worker pods (e.g. one with cloud storage access)."""
+    image_pull_secrets: list[SecretRef] = Field(default_factory=list, max_length=16)
+    """Secrets of type kubernetes.io/dockerconfigjson that every Ray pod pulls its image with (a
+    private registry)."""
+    pod_security_context: PodSecurityContext = Field(default_factory=PodSecurityContext)
+    """Security settings of every Ray pod. The defaults (non-root user 1000, the RuntimeDefault
+    seccomp profile) pass the "restricted" Pod Security Standard."""
+    container_security_context: ContainerSecurityContext = Field(default_factory=ContainerSecurityContext)
+    """Security settings of every Ray container. The defaults (no privilege escalation, every
+    capability dropped) pass the "restricted" Pod Security Standard."""
     volumes: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
     """Pod volumes for head and workers (Kubernetes Volume objects, e.g. a PVC holding datasets)."""
     volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=64)

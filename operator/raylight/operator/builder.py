@@ -18,16 +18,22 @@ import yaml
 from raylight.api import API_VERSION, TuneSweep
 from raylight.api.cluster import OBJECT_STORE_SCHEMES
 from raylight.api.manifest import Resource
-from raylight.api.pods import (
-    DATA_CACHE_ENV,
-    DATA_CACHE_SIZE_ENV,
-    DRIVER_PID_FILE,
-    DRIVER_PID_FILE_ENV,
-    POD_STOP_MODULE,
-    RAY_SHUTDOWN_SECONDS,
-    RUN_BY_OPERATOR_ENV,
-    STORAGE_SECRET_ENV,
+
+from .ray_pods import (
+    LABEL_KIND,
+    LABEL_NAME,
+    MANIFEST_ANNOTATION,
+    MANIFEST_DIR,
+    MANIFEST_FILE,
+    MANIFEST_VOLUME,
+    RunPods,
+    head_template,
+    submitter_template,
+    worker_template,
 )
+
+__all__ = ["LABEL_KIND", "LABEL_NAME", "MANIFEST_ANNOTATION", "MANIFEST_VOLUME", "BuildError", "OperatorSettings",
+           "build_rayjob", "rayjob_name", "run_hash", "worker_shape"]
 
 # The Ray version of the trainer image (pyproject pins ray to it): KubeRay needs it to shape pods.
 RAY_VERSION = "2.60.0"
@@ -35,8 +41,6 @@ DEFAULT_TRAINER_IMAGE = f"ghcr.io/raylight-dev/raylight-trainer:{RAY_VERSION}"
 FIELD_MANAGER = "raylight-operator"
 MANAGED_BY = "raylight-operator"
 
-LABEL_KIND = "raylight.dev/kind"
-LABEL_NAME = "raylight.dev/name"
 # Labels (and annotations) with these prefixes pass from the resource to its RayJob, so that
 # e.g. Kueue admits the RayJob (kueue.x-k8s.io/queue-name). Other labels stay on the resource:
 # a GitOps tool's tracking label copied to the RayJob would make the tool prune it.
@@ -47,12 +51,8 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RUN_HASH_ANNOTATION = "raylight.dev/run-hash"
 
 # The trainer's manifest travels in the RayJob itself, as an annotation on the head pod's template
-# that a downward API volume shows as a file: one object to apply per run (a ConfigMap beside it
-# doubled the writes of a burst of new runs), nothing to keep in step, nothing left behind.
-MANIFEST_DIR = "/etc/raylight"
-MANIFEST_FILE = "manifest.yaml"
-MANIFEST_VOLUME = "raylight-manifest"
-MANIFEST_ANNOTATION = "raylight.dev/manifest"
+# that a downward API volume shows as a file (ray_pods.head_template): one object to apply per run
+# (a ConfigMap beside it doubled the writes of a burst of new runs), nothing to keep in step.
 # KubeRay names RayClusters after their RayJob plus a suffix; it refuses longer RayJob names.
 MAX_RAYJOB_NAME = 47
 _KIND_PREFIX = {"TrainingJob": "tj", "TuneSweep": "ts"}
@@ -228,9 +228,6 @@ _STORAGE_HELP = ("set storagePath to an object store, s3://BUCKET/PREFIX with st
                  "ReadWriteMany volume (a PersistentVolumeClaim or NFS, in spec.cluster.volumes and volumeMounts) "
                  "and set storagePath to a directory on it; see examples/cluster-quickstart.yaml (a volume) and "
                  "examples/storage/cluster-quickstart-s3.yaml (an object store)")
-# Each Ray pod's copy of the datasets it reads from object storage (spec.cluster.dataCache).
-DATA_CACHE_VOLUME = "raylight-data-cache"
-DATA_CACHE_DIR = "/var/cache/raylight/datasets"
 
 
 def shared_storage_path(resource: Resource) -> str:
@@ -277,125 +274,32 @@ def shared_storage_path(resource: Resource) -> str:
     return path
 
 
-def stopping_gracefully(container: dict[str, Any], role: str, grace_seconds: int) -> dict[str, Any]:
-    """A Ray container whose pod, when Kubernetes stops it, lets the run stop as Ctrl-C stops it
-    (raylight_trainer.runtime.pod_stop): `ray start` itself kills its pod's Ray processes on SIGTERM.
-    role "driver" (the head) stops the driver; "workers" wait until it has."""
-    within = str(grace_seconds - RAY_SHUTDOWN_SECONDS)
-    hook = {"preStop": {"exec": {"command": ["python", "-m", POD_STOP_MODULE, role, "--within", within]}}}
-    if role == "driver":
-        container["env"] = [
-            *container.get("env", []),
-            {"name": DRIVER_PID_FILE_ENV, "value": DRIVER_PID_FILE},
-            # How KubeRay stops the job when the RayJob is deleted: as long as the hook would wait.
-            {"name": "RAY_JOB_STOP_WAIT_TIME_S", "value": within},
-        ]
-    return {**container, "lifecycle": hook}
+def worker_resources(resource: Resource, shape: WorkerShape) -> dict[str, str]:
+    cluster = resource.spec.cluster
+    memory = cluster.workers.memory or f"{WORKER_MEMORY_GI * shape.workers}Gi"
+    resources = {"cpu": _quantity(shape.cpus), "memory": memory}
+    if shape.gpus:
+        resources[cluster.workers.gpu_resource] = str(shape.gpus)
+    return resources
 
 
 def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, Any]:
     """The KubeRay RayJob (ray.io/v1) that runs a TrainingJob or TuneSweep."""
     spec, cluster, meta = resource.spec, resource.spec.cluster, resource.metadata
-    name = rayjob_name(resource.kind, meta.name)
-    image = cluster.image or settings.trainer_image
     tracking_uri(resource, settings)  # fail before building anything when there is none
     storage_path = shared_storage_path(resource)
     shape = worker_shape(resource)
-
-    secrets = [cluster.storage_secret, spec.mlflow.secret_ref,
-               spec.tracking.wandb.secret_ref if spec.tracking.wandb else None]
-    names = list(dict.fromkeys(ref.name for ref in secrets if ref is not None))  # once each, in order
-    env_from = [{"secretRef": {"name": name}} for name in names]
-    user_mounts = [m.wire() for m in cluster.volume_mounts]
-    cache_volume: dict[str, Any] = {"name": DATA_CACHE_VOLUME, "emptyDir": {"sizeLimit": cluster.data_cache.size}}
-    if cluster.data_cache.medium:
-        cache_volume["emptyDir"]["medium"] = cluster.data_cache.medium
-    ray_mounts = [*user_mounts, {"name": DATA_CACHE_VOLUME, "mountPath": DATA_CACHE_DIR}]
-    ray_volumes = [*cluster.volumes, cache_volume]
-    ray_env = [{"name": RUN_BY_OPERATOR_ENV, "value": "true"}, {"name": DATA_CACHE_ENV, "value": DATA_CACHE_DIR},
-               {"name": DATA_CACHE_SIZE_ENV, "value": cluster.data_cache.size}]
-    if cluster.storage_secret is not None:
-        ray_env.append({"name": STORAGE_SECRET_ENV, "value": cluster.storage_secret.name})
-
-    grace = cluster.termination_grace_period_seconds
-    def container(role: str, resources: dict[str, str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "name": f"ray-{role}",
-            "image": image,
-            "resources": {"requests": resources, "limits": resources},
-            "volumeMounts": mounts,
-            "env": list(ray_env),
-            # A crashing container's last log lines land in its status, where the operator
-            # reads them to explain the failure (no log access needed).
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }
-        if cluster.image_pull_policy:
-            body["imagePullPolicy"] = cluster.image_pull_policy
-        if env_from:
-            body["envFrom"] = env_from
-        return body
-
-    def pod(role: str, containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
-            placement: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
-        pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes, **placement,
-                                    "terminationGracePeriodSeconds": grace}
-        if cluster.priority_class_name:
-            pod_spec["priorityClassName"] = cluster.priority_class_name
-        if cluster.service_account_name:
-            pod_spec["serviceAccountName"] = cluster.service_account_name
-        pod_labels = {LABEL_KIND: resource.kind, LABEL_NAME: meta.name, "raylight.dev/role": role}
-        metadata: dict[str, Any] = {"labels": pod_labels}
-        if annotations:
-            metadata["annotations"] = annotations
-        return {"metadata": metadata, "spec": pod_spec}
-
-    head_resources = {"cpu": cluster.head.cpu, "memory": cluster.head.memory}
-    manifest_mount = {"name": MANIFEST_VOLUME, "mountPath": MANIFEST_DIR, "readOnly": True}
-    manifest_volume = {"name": MANIFEST_VOLUME, "downwardAPI": {"items": [
-        {"path": MANIFEST_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{MANIFEST_ANNOTATION}']"}}]}}
-    head = pod(
-        "head",
-        [stopping_gracefully(container("head", head_resources, [manifest_mount, *ray_mounts]), "driver", grace)],
-        [manifest_volume, *ray_volumes],
-        {},
-        {MANIFEST_ANNOTATION: _yaml(trainer_manifest(resource, settings))},
-    )
-    worker_resources = {"cpu": _quantity(shape.cpus),
-                        "memory": cluster.workers.memory or f"{WORKER_MEMORY_GI * shape.workers}Gi"}
-    if shape.gpus:
-        worker_resources[cluster.workers.gpu_resource] = str(shape.gpus)
-    placement: dict[str, Any] = {}
-    if cluster.node_selector:
-        placement["nodeSelector"] = dict(cluster.node_selector)
-    if cluster.tolerations:
-        placement["tolerations"] = [t.wire() for t in cluster.tolerations]
-    if cluster.affinity:
-        placement["affinity"] = cluster.affinity
-    # NCCL between the GPUs of a pod needs more /dev/shm than a container's 64 MiB: KubeRay mounts
-    # a memory-backed one, as large as the container's memory, in every Ray pod.
-    worker_container = stopping_gracefully(container("worker", worker_resources, ray_mounts), "workers", grace)
-    worker = pod("worker", [worker_container], list(ray_volumes), placement)
-
+    pods = RunPods(resource, cluster.image or settings.trainer_image)
     # A sweep some of whose trials failed still succeeded (its status counts them): the RayJob
     # fails only when the run does.
     entrypoint = shlex.join([
         "python", "-m", "raylight_trainer", f"{MANIFEST_DIR}/{MANIFEST_FILE}", "--output", "json",
         "--data-dir", cluster.data_dir, "--storage-path", storage_path, "--allow-failed-trials",
     ])
-    # The submitter pod only runs `ray job submit` and follows the driver's log: KubeRay's default
-    # reserves half a CPU for that, which a small node then lacks for the workers.
-    submitter = {"name": "ray-job-submitter", "image": image, "terminationMessagePolicy": "FallbackToLogsOnError",
-                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}
-    if cluster.image_pull_policy:
-        submitter["imagePullPolicy"] = cluster.image_pull_policy
     rayjob_spec: dict[str, Any] = {
         "entrypoint": entrypoint,
         "submissionMode": "K8sJobMode",
-        "submitterPodTemplate": {
-            "metadata": {"labels": {LABEL_KIND: resource.kind, LABEL_NAME: meta.name,
-                                    "raylight.dev/role": "submitter"}},
-            "spec": {"restartPolicy": "Never", "containers": [submitter]},
-        },
+        "submitterPodTemplate": submitter_template(pods),
         # KubeRay only suspends a RayJob that tears its cluster down when it finishes.
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
@@ -405,7 +309,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
             "headGroupSpec": {
                 # The head runs the driver only: no training lands on it (it has no GPU).
                 "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                "template": head,
+                "template": head_template(pods, _yaml(trainer_manifest(resource, settings))),
             },
             "workerGroupSpecs": [
                 {
@@ -414,7 +318,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
                     "minReplicas": shape.replicas,
                     "maxReplicas": shape.replicas,
                     "rayStartParams": {},
-                    "template": worker,
+                    "template": worker_template(pods, worker_resources(resource, shape)),
                 }
             ],
         },
@@ -426,7 +330,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     if spec.suspend or QUEUE_LABEL not in labels(resource):
         rayjob_spec["suspend"] = spec.suspend
     metadata: dict[str, Any] = {
-        "name": name,
+        "name": rayjob_name(resource.kind, meta.name),
         "namespace": meta.namespace,
         "labels": labels(resource),
         "ownerReferences": [owner_reference(resource)],
