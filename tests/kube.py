@@ -113,6 +113,24 @@ class Cluster:
                      "-p", json.dumps({"status": status}))
 
 
+def kill_process(process: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL and reap: no clean shutdown, as when a node dies."""
+    assert process is not None
+    process.kill()
+    process.wait(timeout=30)
+
+
+def stop_process(process: subprocess.Popen[Any] | None, grace_s: float = 30) -> None:
+    """SIGTERM, and SIGKILL if it has not ended within grace_s; nothing if it already ended."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        kill_process(process)
+
+
 def process_timeout(kubectl_args: tuple[str, ...], default: float = 120) -> float:
     """How long a kubectl process may run: its own --timeout (seconds, minutes or hours) plus a minute."""
     for arg in kubectl_args:

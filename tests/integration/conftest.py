@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from raylight_trainer.runtime.ports import free_port
-from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
+from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, kill_process, stop_process, wait_for
 
 __all__ = ["CLUSTER_SCRIPTS", "Cluster", "wait_for"]
 
@@ -34,8 +34,10 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def kuberay(kube_cluster: Cluster) -> Iterator[str]:
-    """The real KubeRay operator, watching one namespace; yields that namespace."""
+    """The real KubeRay operator, watching one namespace; yields that namespace. It enforces Pod
+    Security "restricted", as many teams' namespaces do: every pod KubeRay makes there must pass."""
     kube_cluster.kubectl("create", "namespace", KUBERAY_NAMESPACE)
+    kube_cluster.kubectl("label", "namespace", KUBERAY_NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
     log = (kube_cluster.directory / "kuberay-operator.log").open("w")
     process = subprocess.Popen(
         [str(kube_cluster.bin / "kuberay-operator"), "--watch-namespace", KUBERAY_NAMESPACE,
@@ -101,17 +103,10 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as when a node dies."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
+        kill_process(self.process)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:

@@ -16,13 +16,10 @@ nothing the other tests use. The audit log is the judge of who wrote when:
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,9 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from raylight_trainer.runtime.ports import free_port
-
 from .conftest import Cluster, OperatorProcess, wait_for
+from .private_api_server import PrivateApiServer
 from .test_operator import gpu_sweep, status_of
 
 # The operator's election defaults (client-go's): what a cluster runs, and what the test shows.
@@ -47,86 +43,15 @@ AUDIT_POLICY = {
 }
 
 
-def with_flags(argv: list[str], flags: dict[str, str]) -> list[str]:
-    """argv with each `--flag value` or `--flag=value` of `flags` set to its value (added if absent)."""
-    result, index, pending = [], 0, dict(flags)
-    while index < len(argv):
-        name, has_value, _ = argv[index].partition("=")
-        if name in pending:
-            result.append(f"{name}={pending.pop(name)}")
-            index += 1 if has_value else 2
-            continue
-        result.append(argv[index])
-        index += 1
-    return result + [f"{name}={value}" for name, value in pending.items()]
-
-
-class PrivateApiServer:
-    """A kube-apiserver of the test's own on the cluster's etcd, with one user per replica."""
+class OutageApiServer(PrivateApiServer):
+    """The outage's API server: a user per replica, an audit log of every write."""
 
     def __init__(self, cluster: Cluster, directory: Path) -> None:
-        self.cluster, self.directory = cluster, directory
-        self.audit_log = directory / "audit.log"
-        main_pid = int((cluster.directory / "kube-apiserver.pid").read_text())
-        argv = Path(f"/proc/{main_pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-        main = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
-        host = urllib.parse.urlsplit(main["server"]).hostname
-        self.port = free_port()
-        self.server, self.ca = f"https://{host}:{self.port}", main["certificate-authority"]
-        self.tokens = {user: os.urandom(16).hex() for user in REPLICAS}
-        tokens = directory / "tokens.csv"
-        tokens.write_text("".join(f'{token},{user},{user},"system:masters"\n' for user, token in self.tokens.items()))
         policy = directory / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
-        self.argv = with_flags(argv, {
-            "--secure-port": str(self.port), "--token-auth-file": str(tokens),
-            "--audit-policy-file": str(policy), "--audit-log-path": str(self.audit_log),
-            # The cluster's own API server keeps the `kubernetes` Service's endpoints.
-            "--endpoint-reconciler-type": "none",
-        })
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.directory / "kube-apiserver.log").open("a")
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-        admin = self.kubeconfig(REPLICAS[0])
-        wait_for(lambda: self._ready(admin), timeout=90, interval=0.5, what="the test's own API server")
-
-    def _ready(self, kubeconfig: Path) -> bool:
-        assert self.process is not None and self.process.poll() is None, (
-            (self.directory / "kube-apiserver.log").read_text()[-3000:])
-        return subprocess.run([str(self.cluster.bin / "kubectl"), "--kubeconfig", str(kubeconfig), "get", "--raw",
-                               "/readyz"], capture_output=True, timeout=20).returncode == 0
-
-    def kubeconfig(self, user: str) -> Path:
-        path = self.directory / f"{user}.kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "outage", "cluster": {"server": self.server, "certificate-authority": self.ca}}],
-            "users": [{"name": user, "user": {"token": self.tokens[user]}}],
-            "contexts": [{"name": "outage", "context": {"cluster": "outage", "user": user}}],
-            "current-context": "outage",
-        }))
-        return path
-
-    def signal(self, number: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(number)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+        self.audit_log = directory / "audit.log"
+        super().__init__(cluster, directory, REPLICAS,
+                         {"--audit-policy-file": str(policy), "--audit-log-path": str(self.audit_log)})
 
     def writes(self) -> list[dict[str, Any]]:
         """The replicas' writes that the server carried out, in the order it finished them."""
@@ -137,8 +62,8 @@ class PrivateApiServer:
 
 
 @pytest.fixture
-def api_server(kube_cluster: Cluster, tmp_path: Path) -> Iterator[PrivateApiServer]:
-    server = PrivateApiServer(kube_cluster, tmp_path)
+def api_server(kube_cluster: Cluster, tmp_path: Path) -> Iterator[OutageApiServer]:
+    server = OutageApiServer(kube_cluster, tmp_path)
     server.start()
     yield server
     server.stop()
@@ -214,7 +139,7 @@ def running_sweep(cluster: Cluster, namespace: str, name: str) -> None:
 
 
 def test_the_api_server_stopped_then_killed_never_gives_two_leaders(
-        kube_cluster: Cluster, namespace: str, mlflow_server: str, api_server: PrivateApiServer,
+        kube_cluster: Cluster, namespace: str, mlflow_server: str, api_server: OutageApiServer,
         tmp_path: Path) -> None:
     replicas = {
         user: OperatorProcess(kube_cluster, mlflow_server, tmp_path / f"{user}.log",

@@ -3,6 +3,9 @@ operator as the chart's ServiceAccount through a whole TuneSweep flow."""
 
 from __future__ import annotations
 
+import json
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 import yaml
 
 from .conftest import REPO, Cluster, OperatorProcess, wait_for
+from .private_api_server import PrivateApiServer
 from .test_operator import gpu_sweep, status_of
 
 CHART = REPO / "charts" / "raylight"
@@ -109,6 +113,54 @@ def test_hardened_by_default(kube_cluster: Cluster) -> None:
             assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
             assert context["capabilities"] == {"drop": ["ALL"]}
             assert container["resources"]["requests"], f"{container['name']} has no requests"
+
+
+def test_the_bundled_mlflow_for_strict_clusters(kube_cluster: Cluster) -> None:
+    """One SQLite writer, a liveness probe, a PVC of the user's, pull secrets and scheduling of its own."""
+    docs = render(kube_cluster, "raylight-system", "--set", "mlflow.server.persistence.existingClaim=mlflow-store",
+                  "--set", "imagePullSecrets[0].name=regcred", "--set", "mlflow.server.nodeSelector.pool=system",
+                  "--set", "mlflow.server.tolerations[0].key=dedicated",
+                  "--set", "mlflow.server.tolerations[0].operator=Exists")
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "the user's claim, none of the chart's"
+    pod = next(d for d in docs if d["metadata"]["name"] == "raylight-mlflow" and d["kind"] == "Deployment")
+    spec = pod["spec"]["template"]["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}] and spec["nodeSelector"] == {"pool": "system"}
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert {"name": "store", "persistentVolumeClaim": {"claimName": "mlflow-store"}} in spec["volumes"]
+    container = spec["containers"][0]
+    assert "--workers=1" in container["args"] and container["livenessProbe"]["httpGet"]["path"] == "/health"
+    refused = kube_cluster.helm("template", "raylight", str(CHART), "--set", "mlflow.server.workers=2", check=False)
+    assert refused.returncode != 0 and "mlflow.server.workers: SQLite takes one writer" in refused.stderr
+    postgres = render(kube_cluster, "raylight-system", "--set", "mlflow.server.workers=4",
+                      "--set", "mlflow.server.backendStoreUri=postgresql://mlflow@db/mlflow")
+    server = next(d for d in postgres if d["metadata"]["name"] == "raylight-mlflow" and d["kind"] == "Deployment")
+    assert "--workers=4" in server["spec"]["template"]["spec"]["containers"][0]["args"]
+    notes = kube_cluster.helm("install", "raylight", str(CHART), "--dry-run", "-n", "raylight-system").stdout
+    assert "has no authentication" in notes
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def test_each_selector_picks_one_workload(kube_cluster: Cluster) -> None:
+    """The operator's Deployment, metrics Service and ServiceMonitor never pick the bundled MLflow's
+    pods or Service (`kubectl logs deploy/raylight`, Prometheus), nor MLflow's the operator's."""
+    docs = render(kube_cluster, "raylight-system", "-f", str(CHART / "ci" / "monitoring-values.yaml"))
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+            for d in docs if d["kind"] == "Deployment"}
+    assert set(pods) == {"raylight", "raylight-mlflow"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    picked = {f"Deployment {d['metadata']['name']}": d["spec"]["selector"]["matchLabels"]
+              for d in docs if d["kind"] == "Deployment"}
+    picked |= {f"Service {name}": d["spec"]["selector"] for name, d in services.items()}
+    owners = {"Deployment raylight": "raylight", "Service raylight-metrics": "raylight",
+              "Deployment raylight-mlflow": "raylight-mlflow", "Service raylight-mlflow": "raylight-mlflow"}
+    for picker, selector in picked.items():
+        assert [name for name, labels in pods.items() if selects(selector, labels)] == [owners[picker]], picker
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    assert [name for name, d in services.items()
+            if selects(monitor["spec"]["selector"]["matchLabels"], d["metadata"]["labels"])] == ["raylight-metrics"]
 
 
 @pytest.mark.parametrize("values", [None, *(v for v in VALUES if "monitoring" not in v.stem)],
@@ -269,3 +321,46 @@ def test_replicas_elect_one_leader_and_a_standby_takes_over(kube_cluster: Cluste
             replica.stop()
     for replica in replicas:
         assert_never_forbidden(replica.log_path.read_text())
+
+
+def readme_install_command() -> list[str]:
+    """The README's `helm install` of a cluster install, its placeholders given values."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("helm install raylight charts/raylight")
+    command = text[start:text.index("```", start)].replace("\\\n", " ")
+    return shlex.split(command.replace("REGISTRY", "registry.test"))
+
+
+def test_the_readmes_install_refuses_a_cluster_without_kuberay(kube_cluster: Cluster, tmp_path: Path) -> None:
+    """On a fresh cluster (an API server of its own on another etcd prefix: nothing installed) with
+    --create-namespace, as the README says it: refused, naming KubeRay, and nothing of the release
+    left; once KubeRay's RayJob CRD is there, the same command installs."""
+    fresh = PrivateApiServer(kube_cluster, tmp_path, ("installer",), {"--etcd-prefix": f"/fresh-{tmp_path.name}"})
+    fresh.start()
+    try:
+        config = fresh.kubeconfig("installer")
+
+        def run(program: str, *args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(kube_cluster.bin / program), "--kubeconfig", str(config), *args],
+                                  capture_output=True, text=True, timeout=120, cwd=REPO)
+
+        command = readme_install_command()
+        assert command[:2] == ["helm", "install"] and "--create-namespace" in command
+        refused = run("helm", *command[1:])
+        assert refused.returncode != 0 and "KubeRay is not installed" in refused.stderr, refused.stderr
+        assert run("helm", "list", "-A", "-q").stdout.strip() == ""
+        left = run("kubectl", "get", "deployments,serviceaccounts,clusterroles", "-A",
+                   "-l", "app.kubernetes.io/name=raylight", "-o", "name")
+        assert left.returncode == 0 and left.stdout.strip() == "", left.stdout
+
+        crd = json.loads(kube_cluster.kubectl("get", "crd", "rayjobs.ray.io", "-o", "json").stdout)
+        crd["metadata"] = {"name": crd["metadata"]["name"]}
+        crd.pop("status", None)
+        created = subprocess.run([str(kube_cluster.bin / "kubectl"), "--kubeconfig", str(config), "create", "-f", "-"],
+                                 input=json.dumps(crd), capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stderr
+        installed = run("helm", *command[1:])
+        assert installed.returncode == 0, installed.stderr
+        assert run("kubectl", "get", "deployment", "raylight", "-n", "raylight-system").returncode == 0
+    finally:
+        fresh.stop()

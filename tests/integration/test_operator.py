@@ -214,6 +214,8 @@ def test_operator_killed_mid_flow_converges(kube_cluster: Cluster, namespace: st
 def test_kuberay_turns_the_rayjob_into_gpu_pods(kube_cluster: Cluster, kuberay: str,
                                                 operator: OperatorProcess) -> None:
     namespace = kuberay
+    labels = (kube_cluster.get("namespace", namespace, namespace) or {})["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted", "KubeRay's pods are checked as restricted"
     kube_cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                         "metadata": {"name": "datasets"},
                         "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}},

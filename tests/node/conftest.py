@@ -25,7 +25,7 @@ from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
 REPO = Path(__file__).resolve().parents[2]
 RELEASE, RELEASE_NAMESPACE = "raylight", "raylight-system"
 # The operator's pods of the release (not its bundled MLflow's).
-OPERATOR_PODS = "app.kubernetes.io/name=raylight,app.kubernetes.io/component!=mlflow"
+OPERATOR_PODS = "app.kubernetes.io/name=raylight,app.kubernetes.io/component=operator"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,6 +20,9 @@ def test_cluster_quickstart_trains_in_pods_and_reports_to_the_bundled_mlflow(
     node: Node, raylight: Release, namespace: str
 ) -> None:
     cluster = node.cluster
+    # Where Pod Security "restricted" is enforced, as on many teams' namespaces: every pod of the
+    # run (head, workers, KubeRay's init containers and submitter) must pass it, and run as it asks.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     results = node.results_volume(namespace)
     applied = cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "cluster-quickstart.yaml"))
     assert "created" in applied.stdout

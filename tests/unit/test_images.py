@@ -10,9 +10,10 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from raylight.cli import build_parser
-from raylight.operator.builder import RAY_VERSION, build_rayjob
+from raylight.operator.builder import DEFAULT_TRAINER_IMAGE, RAY_VERSION, RAYLIGHT_VERSION, build_rayjob
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 REPO = Path(__file__).resolve().parents[2]
@@ -86,3 +87,17 @@ def test_trainer_image_provides_what_rayjobs_run() -> None:
     assert entrypoint[:3] == ["python", "-m", "raylight_trainer"]
     assert importlib.util.find_spec("raylight_trainer.__main__") is not None
     assert exec_form(next(arg for op, arg in ops if op == "ENTRYPOINT")) == entrypoint[:3]
+
+
+def test_the_trainer_image_is_tagged_with_raylights_version_and_labelled_with_rays() -> None:
+    """An upgrade of Raylight is a new trainer tag (nodes with IfNotPresent pull it): the operator's
+    default image, the chart's default and appVersion, the package and the image's labels agree."""
+    chart = yaml.safe_load((REPO / "charts" / "raylight" / "Chart.yaml").read_text())
+    assert RAYLIGHT_VERSION == PYPROJECT["project"]["version"] == chart["appVersion"]
+    assert DEFAULT_TRAINER_IMAGE.endswith(f"/raylight-trainer:{RAYLIGHT_VERSION}")
+    deployment = (REPO / "charts" / "raylight" / "templates" / "deployment.yaml").read_text()
+    assert 'printf "ghcr.io/raylight-dev/raylight-trainer:%s" .Chart.AppVersion' in deployment
+    assert f"ghcr.io/raylight-dev/raylight-trainer:{chart['appVersion']}" == DEFAULT_TRAINER_IMAGE
+    labels = dict(shlex.split(pair)[0].split("=", 1) for op, arg in instructions(IMAGES["trainer"]) if op == "LABEL"
+                  for pair in shlex.split(arg, posix=False))
+    assert labels == {"org.opencontainers.image.version": RAYLIGHT_VERSION, "dev.raylight.ray-version": RAY_VERSION}

@@ -13,6 +13,7 @@ from raylight.operator.state import (
     creating_since,
     diagnose_pods,
     observe_rayjob,
+    refused_pods_source,
     status_patch,
     transition,
 )
@@ -184,3 +185,41 @@ def test_a_pod_stuck_being_created_says_the_kubelets_warning() -> None:
     assert status["phase"] == "Pending" and pending["reason"] == "FailedMount"
     assert pending["message"] == ('pod head cannot start: MountVolume.SetUp failed for volume "creds" : '
                                   'secret "creds" not found')
+
+
+def role_pod(role: str, deleting: bool = False) -> dict:
+    meta: dict[str, Any] = {"name": f"p-{role}", "labels": {"raylight.dev/role": role}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+    return {"metadata": meta, "status": {"phase": "Running"}}
+
+
+def test_a_missing_pod_points_at_the_object_whose_events_say_why() -> None:
+    starting = {**rayjob("Initializing", rayClusterName="ts-a-x1"), "metadata": {"name": "ts-a"}}
+    assert refused_pods_source(starting, []) == ("RayCluster", "ts-a-x1")
+    assert refused_pods_source(starting, [role_pod("head")]) == ("RayCluster", "ts-a-x1"), "no worker yet"
+    assert refused_pods_source(starting, [role_pod("head"), role_pod("worker", deleting=True)]) is not None
+    assert refused_pods_source(starting, [role_pod("head"), role_pod("worker")]) is None
+    assert refused_pods_source({**rayjob("Initializing"), "metadata": {"name": "ts-a"}}, []) is None, \
+        "KubeRay has not made the cluster yet: nothing to refuse"
+    submitting = {**rayjob("Running", "PENDING"), "metadata": {"name": "ts-a"}}
+    assert refused_pods_source(submitting, [role_pod("head"), role_pod("worker")]) == ("Job", "ts-a")
+    assert refused_pods_source(submitting, [role_pod("head"), role_pod("worker"), role_pod("submitter")]) is None
+    running = {**rayjob("Running", "RUNNING"), "metadata": {"name": "ts-a"}}
+    assert refused_pods_source(running, []) is None, "the job runs: a lost pod is the head-lost path's"
+    suspended = {**rayjob("Initializing", suspend=True, rayClusterName="c"), "metadata": {"name": "ts-a"}}
+    assert refused_pods_source(suspended, []) is None
+
+
+def test_a_refused_pod_is_the_pending_reason_and_unhealthy_pods() -> None:
+    refusal = Observed("Pending", "PodsRefused", 'RayCluster c: Failed to create head Pod ns/c-head, pods "c-head" '
+                                                 'is forbidden: violates PodSecurity "restricted:latest"')
+    status = compute_status({}, seen(rayjob("Initializing", rayClusterName="c"), refusal=refusal), "T")
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Pending" and conditions["Running"]["reason"] == "PodsRefused"
+    healthy = conditions["PodsHealthy"]
+    assert healthy["status"] == "False" and "violates PodSecurity" in healthy["message"]
+    fixed = compute_status(status, seen(rayjob("Initializing", rayClusterName="c"),
+                                        pods=[role_pod("head"), role_pod("worker")]), "T2")
+    after = {c["type"]: c for c in fixed["conditions"]}
+    assert after["Running"]["reason"] == "ClusterStarting" and after["PodsHealthy"]["status"] == "True"

@@ -8,6 +8,13 @@ app.kubernetes.io/name: raylight
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The operator's pods and Services: the component label keeps them apart from the bundled
+MLflow's, which share the name and instance labels (logs, metrics and ServiceMonitor see only these). */}}
+{{- define "raylight.operatorSelectorLabels" -}}
+{{ include "raylight.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
 {{- define "raylight.labels" -}}
 {{ include "raylight.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}

@@ -37,7 +37,10 @@ __all__ = ["LABEL_KIND", "LABEL_NAME", "MANIFEST_ANNOTATION", "MANIFEST_VOLUME",
 
 # The Ray version of the trainer image (pyproject pins ray to it): KubeRay needs it to shape pods.
 RAY_VERSION = "2.60.0"
-DEFAULT_TRAINER_IMAGE = f"ghcr.io/raylight-dev/raylight-trainer:{RAY_VERSION}"
+# The trainer image is tagged with Raylight's version (the chart's appVersion), not Ray's: an
+# upgrade of Raylight is a new tag, which nodes pull even with imagePullPolicy IfNotPresent.
+RAYLIGHT_VERSION = "0.1.0"
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/raylight-dev/raylight-trainer:{RAYLIGHT_VERSION}"
 FIELD_MANAGER = "raylight-operator"
 MANAGED_BY = "raylight-operator"
 

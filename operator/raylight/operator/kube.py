@@ -104,15 +104,23 @@ class Kube:
 
     def latest_warning(self, namespace: str, uid: str) -> tuple[str, str] | None:
         """The newest Warning Event about one object (a pod's FailedMount, say): reason, message."""
-        found = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.uid={uid},type=Warning",
-                                                _request_timeout=READ_TIMEOUT_S)
-        if not found.items:
-            return None
-        def when(event: client.CoreV1Event) -> datetime.datetime:
-            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
-            return cast(datetime.datetime, stamp)
+        return self._newest_warning(namespace, f"involvedObject.uid={uid},type=Warning")
 
-        newest = max(found.items, key=when)
+    def latest_warning_about(self, namespace: str, kind: str, name: str, reasons: tuple[str, ...],
+                             since: datetime.datetime) -> tuple[str, str] | None:
+        """The newest Warning Event with one of reasons about the object kind/name made since
+        `since`: Events outlive their object by an hour, and a name comes back with a new run."""
+        return self._newest_warning(
+            namespace, f"involvedObject.kind={kind},involvedObject.name={name},type=Warning",
+            lambda event: event.reason in reasons and _when(event) >= since)
+
+    def _newest_warning(self, namespace: str, selector: str,
+                        wanted: Callable[[client.CoreV1Event], bool] = lambda _: True) -> tuple[str, str] | None:
+        found = [event for event in self.core.list_namespaced_event(
+            namespace, field_selector=selector, _request_timeout=READ_TIMEOUT_S).items if wanted(event)]
+        if not found:
+            return None
+        newest = max(found, key=_when)
         return str(newest.reason), str(newest.message or "")
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -130,6 +138,11 @@ class Kube:
             reporting_instance=_HOSTNAME,
         )
         self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=self._write_timeout())
+
+
+def _when(event: client.CoreV1Event) -> datetime.datetime:
+    stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+    return cast(datetime.datetime, stamp)
 
 
 def api_message(exc: ApiException) -> str:

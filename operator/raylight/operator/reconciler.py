@@ -36,6 +36,7 @@ from .events import EventRecorder
 from .kube import Kube, api_message, refused_by_schema
 from .progress import ProgressPoller, ProgressTarget
 from .state import (
+    REFUSAL_REASONS,
     STUCK_AFTER_S,
     TERMINAL_PHASES,
     Observation,
@@ -45,6 +46,7 @@ from .state import (
     find_condition,
     invalid_status,
     observe_rayjob,
+    refused_pods_source,
     status_patch,
     transition,
 )
@@ -208,9 +210,14 @@ class Reconciler:
         if progress is not None and progress.run_hash != digest:
             progress = None
         pods, recheck = self._explain_stuck(key, self.cache.pods(key))
+        source = refused_pods_source(plan.rayjob, pods) if plan.rayjob is not None else None
+        refusal = None
+        if plan.rayjob is not None and source is not None:
+            refusal = self._explain_refused(key, plan.rayjob, source)
+            recheck = STUCK_RECHECK_S if recheck is None else min(recheck, STUCK_RECHECK_S)
         seen = Observation(
             generation=meta.get("generation"), rayjob_name=rayjob["metadata"]["name"], run_hash=digest,
-            rayjob=plan.rayjob, pods=pods, note=plan.note, spec_observed=plan.spec_observed,
+            rayjob=plan.rayjob, pods=pods, refusal=refusal, note=plan.note, spec_observed=plan.spec_observed,
             progress=progress.fields if progress else None, tracking_error=progress.error if progress else None,
         )
         desired = STATUS_MODELS[key[0]].model_validate(compute_status(current, seen, _now())).wire()
@@ -249,6 +256,26 @@ class Reconciler:
                 pod["status"]["warning"] = {"reason": warning[0], "message": warning[1]}
             return pods, STUCK_RECHECK_S
         return pods, recheck
+
+    def _explain_refused(self, key: Key, rayjob: dict[str, Any], source: tuple[str, str]) -> Observed | None:
+        """Why a pod the run needs by now does not exist, when admission refused it: KubeRay and the
+        Job controller retry in silence, saying why only in Events on `source` (one request, only
+        while a pod is missing; the caller looks again every STUCK_RECHECK_S: a refusal shows
+        within a minute)."""
+        created = rayjob["metadata"].get("creationTimestamp")
+        if not created:
+            return None
+        kind, name = source
+        since = datetime.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        try:
+            warning = self.kube.latest_warning_about(key[1], kind, name, REFUSAL_REASONS[kind], since)
+        except (ApiException, HTTPError) as exc:  # only an explanation: the status is right without it
+            log.warning("could not read the Events of %s %s: %s", kind, name,
+                        api_message(exc) if isinstance(exc, ApiException) else exc)
+            return None
+        if warning is None:
+            return None
+        return Observed("Pending", "PodsRefused", f"{kind} {name}: {warning[1]}")
 
     def _track_progress(self, key: Key, resource: Resource, digest: str, current: dict[str, Any],
                         desired: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from raylight.operator.ray_pods import LABEL_ROLE
+
 TERMINAL_PHASES = ("Succeeded", "Failed")
 CONDITION_TYPES = ("SpecValid", "Running", "Suspended", "Succeeded", "Failed", "PodsHealthy", "MlflowReachable")
 
@@ -166,6 +168,28 @@ def creating_since(pod: dict[str, Any]) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
 
 
+# Admission (Pod Security, a quota, a policy webhook) refuses a pod before it exists: KubeRay says so
+# only in Warning Events on its RayCluster (head, workers) and the Job controller on the submitter Job.
+REFUSAL_REASONS = {"RayCluster": ("FailedToCreateHeadPod", "FailedToCreateWorkerPod"), "Job": ("FailedCreate",)}
+
+
+def refused_pods_source(rayjob: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The object (kind, name) whose Warning Events say why a pod the RayJob should have by now is
+    missing (None: none is missing). While KubeRay makes the cluster, the head and a worker are
+    due; once the cluster is up and the job is being submitted, the submitter's pod is."""
+    status = rayjob.get("status") or {}
+    if (rayjob.get("spec") or {}).get("suspend"):
+        return None
+    roles = {(p["metadata"].get("labels") or {}).get(LABEL_ROLE) for p in pods
+             if not p["metadata"].get("deletionTimestamp")}
+    deployment, cluster = status.get("jobDeploymentStatus"), status.get("rayClusterName")
+    if deployment == "Initializing" and cluster and not {"head", "worker"} <= roles:
+        return "RayCluster", str(cluster)
+    if deployment == "Running" and status.get("jobStatus") in (None, "", "PENDING") and "submitter" not in roles:
+        return "Job", str(rayjob["metadata"]["name"])
+    return None
+
+
 def diagnose_pods(pods: list[dict[str, Any]]) -> Observed | None:
     """Why the run's pods cannot start or keep failing, in Kubernetes' words; None when nothing is wrong.
 
@@ -206,6 +230,8 @@ class Observation:
     """Status fields read from MLflow for this run (None: not read yet)."""
     tracking_error: str | None = None
     """Why MLflow could not be read at the last try (None: it could, or was not tried)."""
+    refusal: Observed | None = None
+    """Why admission refused a pod the run needs, in the words of KubeRay's or the Job's Events."""
     note: Observed | None = None
     """What the operator itself is doing when it is not what the RayJob says (replacing, waiting)."""
     spec_observed: bool = True
@@ -227,7 +253,7 @@ def compute_status(current: dict[str, Any], seen: Observation, now: str) -> dict
         observed = Observed(current["phase"], ended.get("reason", current["phase"]), ended.get("message", ""))
     else:
         observed = Observed("Pending", "Creating", "creating the RayJob")
-    trouble = diagnose_pods(seen.pods) if observed.phase in ("Pending", "Running") else None
+    trouble = (diagnose_pods(seen.pods) or seen.refusal) if observed.phase in ("Pending", "Running") else None
     if trouble is not None and observed.phase == "Pending":
         observed = trouble  # what stops the pods first: it is what the user must fix
     elif seen.note is not None:
@@ -239,7 +265,7 @@ def compute_status(current: dict[str, Any], seen: Observation, now: str) -> dict
         observed = Observed("Failed", observed.reason, f"{observed.message}: {status['rootCause']}")
     conditions = set_condition(status.get("conditions") or [], "SpecValid", True, "Valid", "the spec is valid", now)
     conditions = phase_conditions(conditions, observed, now)
-    if seen.pods and observed.phase in ("Pending", "Running"):
+    if (seen.pods or trouble) and observed.phase in ("Pending", "Running"):
         if trouble is None:
             conditions = set_condition(conditions, "PodsHealthy", True, "PodsHealthy", "no pod reports a problem", now)
         else:
