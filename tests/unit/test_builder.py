@@ -177,10 +177,12 @@ def test_missing_tracking_uri_names_the_field() -> None:
     assert info.value.path == "spec.mlflow.trackingUri"
 
 
-def test_kueue_owns_suspend_of_a_queued_rayjob() -> None:
+def test_a_queued_rayjob_is_made_suspended() -> None:
+    """Kueue unsuspends it on admission (tests/integration/test_kueue.py: the reconciler then leaves
+    the field to Kueue)."""
     queued = example("kueue-sweep.yaml")
     assert build_rayjob(queued, SETTINGS)["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-    assert "suspend" not in build_rayjob(queued, SETTINGS)["spec"], "Kueue unsuspends it on admission"
+    assert build_rayjob(queued, SETTINGS)["spec"]["suspend"] is True
     suspended = queued.model_copy(update={"spec": queued.spec.model_copy(update={"suspend": True})})
     assert build_rayjob(suspended, SETTINGS)["spec"]["suspend"] is True
     assert build_rayjob(example("cluster-quickstart.yaml"), SETTINGS)["spec"]["suspend"] is False

@@ -123,6 +123,11 @@ def owner_reference(resource: Resource) -> dict[str, Any]:
     }
 
 
+def kueue_queue(resource: Resource) -> str | None:
+    """The Kueue LocalQueue that admits the resource's RayJob (its queue-name label), if any."""
+    return _metadata_map(resource, "labels").get(QUEUE_LABEL)
+
+
 def labels(resource: Resource) -> dict[str, str]:
     own = {
         "app.kubernetes.io/name": "raylight",
@@ -328,10 +333,9 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     }
     if cluster.active_deadline_seconds:
         rayjob_spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
-    # Kueue suspends a queued RayJob and unsuspends it on admission: leave the field to it
-    # unless the user suspends the run (a false applied by us would start it unadmitted).
-    if spec.suspend or QUEUE_LABEL not in labels(resource):
-        rayjob_spec["suspend"] = spec.suspend
+    # A queued RayJob is made suspended, and Kueue unsuspends it on admission (the reconciler then
+    # leaves the field to Kueue: see kueue_queue and Reconciler._leave_suspend_to_kueue).
+    rayjob_spec["suspend"] = spec.suspend or kueue_queue(resource) is not None
     metadata: dict[str, Any] = {
         "name": rayjob_name(resource.kind, meta.name),
         "namespace": meta.namespace,

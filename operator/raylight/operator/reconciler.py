@@ -25,10 +25,12 @@ from raylight.api.manifest import Resource
 
 from . import metrics
 from .builder import (
+    QUEUE_LABEL,
     RUN_HASH_ANNOTATION,
     BuildError,
     OperatorSettings,
     build_rayjob,
+    kueue_queue,
     tracking_uri,
 )
 from .cache import Key, ObjectCache
@@ -126,7 +128,7 @@ class Reconciler:
             return self._reject(body, text)
         except BuildError as exc:
             return self._reject(body, f"{exc.path}: {exc.message}")
-        rayjob["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = applied_hash(rayjob)
+        stamp_applied_hash(rayjob)
         try:
             try:
                 plan = self._reconcile_rayjob(body, rayjob)
@@ -184,6 +186,9 @@ class Reconciler:
             self.kube.delete_rayjob(namespace, name)
             return Plan(None, Observed("Pending", "ReplacingRayJob", f"deleting RayJob {name} of the previous run"),
                         requeue_after=2.0)
+        if _leave_suspend_to_kueue(body, existing):
+            del rayjob["spec"]["suspend"]
+            stamp_applied_hash(rayjob)
         wanted = rayjob["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
         if existing is not None and (existing["metadata"].get("annotations") or {}).get(
                 APPLIED_HASH_ANNOTATION) == wanted:
@@ -218,6 +223,7 @@ class Reconciler:
         seen = Observation(
             generation=meta.get("generation"), rayjob_name=rayjob["metadata"]["name"], run_hash=digest,
             rayjob=plan.rayjob, pods=pods, refusal=refusal, note=plan.note, spec_observed=plan.spec_observed,
+            queue=None if resource.spec.suspend else kueue_queue(resource),
             progress=progress.fields if progress else None, tracking_error=progress.error if progress else None,
         )
         desired = STATUS_MODELS[key[0]].model_validate(compute_status(current, seen, _now())).wire()
@@ -323,6 +329,22 @@ class Reconciler:
 
     def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.record(body, type_, reason, message)
+
+
+def stamp_applied_hash(rayjob: dict[str, Any]) -> None:
+    annotations = rayjob["metadata"]["annotations"]
+    annotations.pop(APPLIED_HASH_ANNOTATION, None)
+    annotations[APPLIED_HASH_ANNOTATION] = applied_hash(rayjob)
+
+
+def _leave_suspend_to_kueue(body: dict[str, Any], existing: dict[str, Any] | None) -> bool:
+    """Whether to apply the RayJob without spec.suspend: a queued run that Kueue admitted (it set
+    suspend false, and so owns the field). Until then we apply suspend true ourselves: a field only
+    we applied would be removed (false: running unadmitted) by an apply that left it out, as after
+    the user suspends and resumes a queued run. Kueue suspending it again (preemption) takes us back."""
+    queued = QUEUE_LABEL in ((body["metadata"].get("labels")) or {})
+    user_suspended = bool((body.get("spec") or {}).get("suspend"))
+    return queued and not user_suspended and existing is not None and not existing["spec"].get("suspend", False)
 
 
 def _recreated_note(rayjob: dict[str, Any]) -> Observed | None:

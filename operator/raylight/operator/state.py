@@ -216,6 +216,15 @@ def diagnose_pods(pods: list[dict[str, Any]]) -> Observed | None:
     return None
 
 
+def waiting_for_kueue(rayjob: dict[str, Any], queue: str) -> Observed:
+    """A queued run's suspended RayJob (the user did not suspend it): Kueue has not admitted it
+    yet, or took the admission back (preemption) and the Ray cluster is going."""
+    if ((rayjob.get("status") or {}).get("jobDeploymentStatus") or "") in ("Suspending", "Running", "Initializing"):
+        return Observed("Pending", "Preempted", f"Kueue took the run's admission back: the Ray cluster stops, "
+                                                f"and the run resumes when LocalQueue {queue} admits it again")
+    return Observed("Pending", "Queued", f"waiting for Kueue admission in LocalQueue {queue}")
+
+
 @dataclass(frozen=True)
 class Observation:
     """Everything one reconcile saw, from which the whole status follows."""
@@ -230,6 +239,8 @@ class Observation:
     """Status fields read from MLflow for this run (None: not read yet)."""
     tracking_error: str | None = None
     """Why MLflow could not be read at the last try (None: it could, or was not tried)."""
+    queue: str | None = None
+    """The Kueue LocalQueue of a run the user has not suspended: a suspended RayJob waits for Kueue."""
     refusal: Observed | None = None
     """Why admission refused a pod the run needs, in the words of KubeRay's or the Job's Events."""
     note: Observed | None = None
@@ -253,6 +264,8 @@ def compute_status(current: dict[str, Any], seen: Observation, now: str) -> dict
         observed = Observed(current["phase"], ended.get("reason", current["phase"]), ended.get("message", ""))
     else:
         observed = Observed("Pending", "Creating", "creating the RayJob")
+    if observed.phase == "Suspended" and seen.queue is not None and seen.rayjob is not None:
+        observed = waiting_for_kueue(seen.rayjob, seen.queue)
     trouble = (diagnose_pods(seen.pods) or seen.refusal) if observed.phase in ("Pending", "Running") else None
     if trouble is not None and observed.phase == "Pending":
         observed = trouble  # what stops the pods first: it is what the user must fix

@@ -1,0 +1,137 @@
+"""The real Kueue (tests/cluster/kueue: its manager, CRDs and webhooks, built from its Go module),
+run as a process against the test cluster the way its Deployment would run in kueue-system.
+
+Its admission webhooks are the module's own manifests, pointed at the process (a URL on 127.0.0.1
+with a serving certificate the cluster's CA signs) and cut down to the kinds it manages here
+(RayJobs, Kueue's own): a webhook for a kind it does not serve would refuse every such object. They
+are removed when it stops, so the tests after it create RayJobs as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import shlex
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raylight_trainer.runtime.ports import free_port
+from tests.kube import CLUSTER_SCRIPTS, Cluster, stop_process, wait_for
+
+KUEUE_BUILD = CLUSTER_SCRIPTS / "kueue" / "build"
+MANAGED_GROUPS = {"kueue.x-k8s.io"}
+MANAGED_RESOURCES = {("ray.io", "rayjobs")}
+WEBHOOK_NAME_PREFIX = "raylight-test-kueue-"
+METRICS_CERTS = "/etc/kueue/metrics/certs"
+
+
+def serving_certificate(cluster: Cluster, directory: Path) -> None:
+    """tls.crt and tls.key for 127.0.0.1, signed by the cluster's CA (the webhooks' caBundle)."""
+    pki = cluster.directory / "pki"
+    key, csr, crt = directory / "tls.key", directory / "tls.csr", directory / "tls.crt"
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kueue-webhook",
+                    "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True, timeout=60)
+    extensions = directory / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey",
+                    str(pki / "ca.key"), "-CAcreateserial", "-CAserial", str(directory / "ca.srl"), "-days", "2",
+                    "-extfile", str(extensions), "-out", str(crt)], check=True, capture_output=True, timeout=60)
+
+
+def local_webhooks(manifests: str, port: int, ca_bundle: str) -> list[dict[str, Any]]:
+    """Kueue's webhook configurations with only the webhooks of what it manages here, each called
+    at https://127.0.0.1:port at its own path."""
+    configurations = []
+    for doc in yaml.safe_load_all(manifests):
+        if not doc:
+            continue
+        doc = copy.deepcopy(doc)
+        doc["metadata"] = {"name": WEBHOOK_NAME_PREFIX + doc["kind"].lower()}
+        kept = []
+        for hook in doc["webhooks"]:
+            rules = [(group, resource) for rule in hook["rules"] for group in rule["apiGroups"]
+                     for resource in rule["resources"]]
+            if not all(group in MANAGED_GROUPS or (group, resource.split("/")[0]) in MANAGED_RESOURCES
+                       for group, resource in rules):
+                continue
+            path = hook["clientConfig"]["service"]["path"]
+            hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca_bundle}
+            kept.append(hook)
+        doc["webhooks"] = kept
+        configurations.append(doc)
+    return configurations
+
+
+class KueueProcess:
+    """Kueue's manager on this machine: RayJob integration only, no leader election, its own certificate."""
+
+    def __init__(self, cluster: Cluster, directory: Path) -> None:
+        self.cluster, self.directory = cluster, directory
+        self.built = Path(subprocess.run([str(KUEUE_BUILD)], check=True, capture_output=True, text=True,
+                                         timeout=1800).stdout.strip())
+        self.webhook_port, self.health_port = free_port(), free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.webhooks: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        certs = self.directory / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        serving_certificate(self.cluster, certs)
+        config = self.directory / "kueue-config.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{self.health_port}"},
+            "metrics": {"bindAddress": "0"},
+            "webhook": {"host": "127.0.0.1", "port": self.webhook_port, "certDir": str(certs)},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": False},
+            "integrations": {"frameworks": ["ray.io/rayjob"]},
+        }))
+        self.cluster.kubectl("apply", "--server-side", "--field-manager", "tests-kueue", "-f", str(self.built / "crds"))
+        self.cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "60s",
+                             *(f"crd/{kind}.kueue.x-k8s.io" for kind in ("clusterqueues", "localqueues",
+                                                                         "resourceflavors", "workloads")))
+        log = (self.directory / "kueue.log").open("w")
+        # Without its own certificate management Kueue reads a metrics certificate from a fixed
+        # path, /etc/kueue/metrics/certs: it gets one in a mount namespace of its own, on an overlay
+        # of /etc whose changes land in this test's folder (the machine's /etc stays as it is).
+        upper, work = self.directory / "etc-upper", self.directory / "etc-work"
+        upper.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        manager = shlex.join([str(self.built / "kueue"), f"--config={config}",
+                              # The on-demand visibility API serves on a fixed port; nothing here asks it.
+                              "--feature-gates=VisibilityOnDemand=false"])
+        script = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc"
+                  f" && mkdir -p {METRICS_CERTS} && cp {certs}/tls.crt {certs}/tls.key {METRICS_CERTS}/"
+                  f" && exec {manager}")
+        self.process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, timeout=90, interval=0.5, what="Kueue's manager to be ready")
+        ca_bundle = base64.b64encode((self.cluster.directory / "pki" / "ca.crt").read_bytes()).decode()
+        self.webhooks = local_webhooks((self.built / "webhooks.yaml").read_text(), self.webhook_port, ca_bundle)
+        for webhook in self.webhooks:
+            self.cluster.kubectl("apply", "--server-side", "--field-manager", "tests-kueue", "-f", "-",
+                                 input=yaml.safe_dump(webhook))
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, self.log()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=5) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return (self.directory / "kueue.log").read_text()
+
+    def stop(self) -> None:
+        for webhook in self.webhooks:
+            self.cluster.kubectl("delete", webhook["kind"], webhook["metadata"]["name"], "--ignore-not-found",
+                                 check=False)
+        stop_process(self.process)
