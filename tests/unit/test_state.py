@@ -223,3 +223,15 @@ def test_a_refused_pod_is_the_pending_reason_and_unhealthy_pods() -> None:
                                         pods=[role_pod("head"), role_pod("worker")]), "T2")
     after = {c["type"]: c for c in fixed["conditions"]}
     assert after["Running"]["reason"] == "ClusterStarting" and after["PodsHealthy"]["status"] == "True"
+
+
+def test_a_queued_run_waits_for_kueue_and_says_which_queue() -> None:
+    queued = seen(rayjob("Suspended", suspend=True), queue="team-queue")
+    status = compute_status({}, queued, "T")
+    running = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert status["phase"] == "Pending" and running["reason"] == "Queued"
+    assert running["message"] == "waiting for Kueue admission in LocalQueue team-queue"
+    taken_back = compute_status(status, seen(rayjob("Suspending", suspend=True), queue="team-queue"), "T2")
+    assert next(c for c in taken_back["conditions"] if c["type"] == "Running")["reason"] == "Preempted"
+    # The user's own suspend (the reconciler passes no queue then) is a suspend, queue or not.
+    assert compute_status({}, seen(rayjob("Suspended", suspend=True)), "T")["phase"] == "Suspended"
