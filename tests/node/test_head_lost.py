@@ -12,9 +12,12 @@ from typing import Any
 import yaml
 
 from .conftest import Node, Release, mlflow_client, pods_of, wait_for
-from .test_suspend import EPOCHS, small_sweep
+from .test_suspend import small_sweep
 
 TRIALS = 2  # both at once: the head goes while each is midway
+# Enough epochs that a trial is cut midway (after its first, by its third) and the resumed one
+# has more to train: a test of the resume, not of training (its time is the node's budget).
+EPOCHS = 6
 
 
 def test_a_deleted_head_pod_interrupts_the_sweep_and_kuberays_retry_resumes_it(
@@ -24,6 +27,7 @@ def test_a_deleted_head_pod_interrupts_the_sweep_and_kuberays_retry_resumes_it(
     node.results_volume(namespace)
     doc = small_sweep("headless")
     doc["spec"]["numSamples"] = TRIALS
+    doc["spec"]["trial"]["training"]["maxEpochs"] = EPOCHS
     doc["spec"]["cluster"]["backoffLimit"] = 1  # KubeRay's retry on a new Ray cluster is what resumes it
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
     client = mlflow_client(raylight)
