@@ -28,6 +28,7 @@ MANAGED_GROUPS = {"kueue.x-k8s.io"}
 MANAGED_RESOURCES = {("ray.io", "rayjobs")}
 WEBHOOK_NAME_PREFIX = "raylight-test-kueue-"
 METRICS_CERTS = "/etc/kueue/metrics/certs"
+QUEUE = "team-queue"
 
 
 def serving_certificate(cluster: Cluster, directory: Path) -> None:
@@ -135,3 +136,58 @@ class KueueProcess:
             self.cluster.kubectl("delete", webhook["kind"], webhook["metadata"]["name"], "--ignore-not-found",
                                  check=False)
         stop_process(self.process)
+
+
+def queue_setup(cluster: Cluster, namespace: str, cpu: str = "0", memory: str = "0",
+                preemption: dict[str, str] | None = None) -> str:
+    """A ResourceFlavor, a ClusterQueue of its own with that quota, and LocalQueue QUEUE; the
+    ClusterQueue's name."""
+    name = f"cq-{namespace}"
+    flavor = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "default-flavor"}}
+    for doc in (flavor,
+                cluster_queue(name, cpu, memory, preemption),
+                {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": QUEUE},
+                 "spec": {"clusterQueue": name}}):
+        applied = cluster.apply(doc, namespace)
+        assert applied.returncode == 0, applied.stderr
+    return name
+
+
+def cluster_queue(name: str, cpu: str, memory: str, preemption: dict[str, str] | None = None) -> dict[str, Any]:
+    """A ClusterQueue of cpu and memory quota in one flavor, open to every namespace."""
+    spec: dict[str, Any] = {"namespaceSelector": {}, "resourceGroups": [{
+        "coveredResources": ["cpu", "memory"],
+        "flavors": [{"name": "default-flavor", "resources": [
+            {"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": memory}]}]}]}
+    if preemption:
+        spec["preemption"] = preemption
+    return {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": name}, "spec": spec}
+
+
+def workload_of(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
+    found = [w for w in cluster.list("workloads.kueue.x-k8s.io", namespace)
+             if any(o["name"] == f"ts-{name}" for o in w["metadata"].get("ownerReferences", []))]
+    return found[0] if found else None
+
+
+def admitted(workload: dict[str, Any] | None) -> bool:
+    return any(c["type"] == "Admitted" and c["status"] == "True"
+               for c in ((workload or {}).get("status") or {}).get("conditions", []))
+
+
+def milli(quantity: str) -> int:
+    """A quantity in thousandths of its unit (cpu "500m" -> 500, memory "4Gi" -> 4 * 2**30 * 1000)."""
+    units = {"m": 1, "": 1000, "k": 10**6, "M": 10**9, "G": 10**12, "Ki": 1024 * 1000, "Mi": 2**20 * 1000,
+             "Gi": 2**30 * 1000, "Ti": 2**40 * 1000}
+    number = quantity.rstrip("mkMGTi")
+    return int(float(number) * units[quantity[len(number):]])
+
+
+def requested(workload: dict[str, Any]) -> dict[str, str]:
+    """The cpu and memory a Workload asks Kueue for (every pod of every pod set), as quota values."""
+    total = {"cpu": 0, "memory": 0}
+    for pod_set in workload["spec"]["podSets"]:
+        for container in pod_set["template"]["spec"]["containers"]:
+            for resource in total:
+                total[resource] += pod_set["count"] * milli(container["resources"]["requests"].get(resource, "0"))
+    return {"cpu": f"{total['cpu']}m", "memory": str(total["memory"] // 1000)}

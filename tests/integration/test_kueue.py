@@ -21,11 +21,9 @@ from raylight.operator.builder import FIELD_MANAGER, QUEUE_LABEL
 from tests.kube import stop_process
 
 from .conftest import REPO, Cluster, OperatorProcess, wait_for
-from .kueue import KueueProcess
+from .kueue import QUEUE, KueueProcess, admitted, cluster_queue, queue_setup, requested, workload_of
 from .test_chart import reconciles
 from .test_operator import status_of
-
-QUEUE = "team-queue"
 
 
 @pytest.fixture(scope="module")
@@ -34,28 +32,6 @@ def kueue(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
     process.start()
     yield process
     process.stop()
-
-
-def queue_setup(cluster: Cluster, namespace: str, cpu: str = "0", memory: str = "0") -> str:
-    """A ResourceFlavor, a ClusterQueue of its own with that quota, and LocalQueue QUEUE; the
-    ClusterQueue's name."""
-    name = f"cq-{namespace}"
-    flavor = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "default-flavor"}}
-    for doc in (flavor,
-                cluster_queue(name, cpu, memory),
-                {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": QUEUE},
-                 "spec": {"clusterQueue": name}}):
-        applied = cluster.apply(doc, namespace)
-        assert applied.returncode == 0, applied.stderr
-    return name
-
-
-def cluster_queue(name: str, cpu: str, memory: str) -> dict[str, Any]:
-    return {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": name},
-            "spec": {"namespaceSelector": {}, "resourceGroups": [{
-                "coveredResources": ["cpu", "memory"],
-                "flavors": [{"name": "default-flavor", "resources": [
-                    {"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": memory}]}]}]}}
 
 
 def queued_sweep(name: str) -> dict[str, Any]:
@@ -76,12 +52,6 @@ def suspend_owners(rayjob: dict[str, Any]) -> list[str]:
                   if "f:suspend" in (entry.get("fieldsV1", {}).get("f:spec") or {}))
 
 
-def workload_of(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
-    found = [w for w in cluster.list("workloads.kueue.x-k8s.io", namespace)
-             if any(o["name"] == f"ts-{name}" for o in w["metadata"].get("ownerReferences", []))]
-    return found[0] if found else None
-
-
 def wait_admitted(cluster: Cluster, name: str, namespace: str) -> None:
     """Until Kueue admits name's Workload; on a timeout, what Kueue says about it."""
     try:
@@ -90,29 +60,6 @@ def wait_admitted(cluster: Cluster, name: str, namespace: str) -> None:
         workload = workload_of(cluster, name, namespace) or {}
         raise AssertionError(f"{exc}: {json.dumps((workload.get('status') or {}).get('conditions'))}; "
                              f"{cluster.kubectl('get', 'clusterqueues', '-o', 'yaml').stdout}") from None
-
-
-def admitted(workload: dict[str, Any] | None) -> bool:
-    return any(c["type"] == "Admitted" and c["status"] == "True"
-               for c in ((workload or {}).get("status") or {}).get("conditions", []))
-
-
-def milli(quantity: str) -> int:
-    """A quantity in thousandths of its unit (cpu "500m" -> 500, memory "4Gi" -> 4 * 2**30 * 1000)."""
-    units = {"m": 1, "": 1000, "k": 10**6, "M": 10**9, "G": 10**12, "Ki": 1024 * 1000, "Mi": 2**20 * 1000,
-             "Gi": 2**30 * 1000, "Ti": 2**40 * 1000}
-    number = quantity.rstrip("mkMGTi")
-    return int(float(number) * units[quantity[len(number):]])
-
-
-def requested(workload: dict[str, Any]) -> dict[str, str]:
-    """The cpu and memory a Workload asks Kueue for (every pod of every pod set), as quota values."""
-    total = {"cpu": 0, "memory": 0}
-    for pod_set in workload["spec"]["podSets"]:
-        for container in pod_set["template"]["spec"]["containers"]:
-            for resource in total:
-                total[resource] += pod_set["count"] * milli(container["resources"]["requests"].get(resource, "0"))
-    return {"cpu": f"{total['cpu']}m", "memory": str(total["memory"] // 1000)}
 
 
 def wait_queued(cluster: Cluster, name: str, namespace: str) -> None:
