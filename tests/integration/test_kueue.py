@@ -29,9 +29,11 @@ from .test_operator import status_of
 @pytest.fixture(scope="module")
 def kueue(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KueueProcess]:
     process = KueueProcess(kube_cluster, tmp_path_factory.mktemp("kueue"))
-    process.start()
-    yield process
-    process.stop()
+    try:  # a start that fails halfway leaves no webhook pointing at nothing
+        process.start()
+        yield process
+    finally:
+        process.stop()
 
 
 def queued_sweep(name: str) -> dict[str, Any]:

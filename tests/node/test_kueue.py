@@ -27,8 +27,8 @@ def test_a_preempted_sweep_stops_like_a_suspend_and_resumes_when_readmitted(
 ) -> None:
     cluster = node.cluster
     kueue = KueueProcess(cluster, tmp_path)
-    kueue.start()
     try:
+        kueue.start()
         node.results_volume(namespace)
         priorities = {"low": f"{namespace}-low", "high": f"{namespace}-high"}
         for level, value in (("low", 10), ("high", 1000)):
