@@ -248,9 +248,25 @@ def mlflow_client(release: Release) -> Any:
     return MlflowClient(tracking_uri=release.mlflow_uri)
 
 
+@dataclass
+class TrialRuns:
+    """A sweep's trials as MLflow holds them: the child runs in its experiment, and the epochs each reported."""
+
+    client: Any
+    experiment: str
+
+    def children(self) -> list[Any]:
+        found = self.client.get_experiment_by_name(self.experiment)
+        runs = self.client.search_runs([found.experiment_id]) if found else []
+        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+    def epochs(self, run: Any) -> list[int]:
+        return sorted(m.step for m in self.client.get_metric_history(run.info.run_id, "val_acc"))
+
+
 def pods_of(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
     return cluster.list("pods", namespace, selector)
 
 
-__all__ = ["OPERATOR_PODS", "REPO", "Node", "Release", "mlflow_client", "mlflow_get", "pods_of", "results_cluster",
-           "wait_for"]
+__all__ = ["OPERATOR_PODS", "REPO", "Node", "Release", "TrialRuns", "mlflow_client", "mlflow_get", "pods_of",
+           "results_cluster", "wait_for"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .conftest import Node, Release, mlflow_client, pods_of, wait_for
+from .conftest import Node, Release, TrialRuns, mlflow_client, pods_of, wait_for
 from .test_suspend import small_sweep
 
 TRIALS = 2  # both at once: the head goes while each is midway
@@ -35,13 +35,8 @@ def test_a_deleted_head_pod_interrupts_the_sweep_and_kuberays_retry_resumes_it(
     def status() -> dict[str, Any]:
         return dict(((cluster.get("tunesweep", "headless", namespace) or {}).get("status")) or {})
 
-    def children() -> list[Any]:
-        experiment = client.get_experiment_by_name("suspend-headless")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-
-    def epochs(run: Any) -> list[int]:
-        return sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+    trials = TrialRuns(client, "suspend-headless")
+    children, epochs = trials.children, trials.epochs
 
     wait_for(lambda: any(1 <= len(epochs(run)) <= EPOCHS // 2 for run in children()), timeout=1200, interval=2,
              what="a trial past its first epoch")

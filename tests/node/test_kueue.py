@@ -10,7 +10,7 @@ from typing import Any
 from raylight.operator.builder import QUEUE_LABEL
 from tests.integration.kueue import QUEUE, KueueProcess, admitted, cluster_queue, queue_setup, requested, workload_of
 
-from .conftest import Node, Release, mlflow_client, pods_of, wait_for
+from .conftest import Node, Release, TrialRuns, mlflow_client, pods_of, wait_for
 from .test_suspend import EPOCHS, TRIALS, small_sweep
 
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -46,13 +46,8 @@ def test_a_preempted_sweep_stops_like_a_suspend_and_resumes_when_readmitted(
         def status(name: str) -> dict[str, Any]:
             return dict(((cluster.get("tunesweep", name, namespace) or {}).get("status")) or {})
 
-        def children() -> list[Any]:
-            experiment = client.get_experiment_by_name("suspend-low")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-
-        def epochs(run: Any) -> list[int]:
-            return sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        trials = TrialRuns(client, "suspend-low")
+        children, epochs = trials.children, trials.epochs
 
         wait_for(lambda: any(1 <= len(epochs(run)) <= EPOCHS // 2 for run in children()), timeout=1200,
                  interval=2, what="a trial of the low sweep past its first epoch")

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .conftest import OPERATOR_PODS, Node, Release, mlflow_client, pods_of, results_cluster, wait_for
+from .conftest import OPERATOR_PODS, Node, Release, TrialRuns, mlflow_client, pods_of, results_cluster, wait_for
 
 EPOCHS, TRIALS = 10, 3
 
@@ -49,13 +49,8 @@ def test_suspend_stops_a_sweep_gracefully_and_resume_continues_it_across_an_oper
     def status() -> dict[str, Any]:
         return dict(((cluster.get("tunesweep", "pause", namespace) or {}).get("status")) or {})
 
-    def children() -> list[Any]:
-        experiment = client.get_experiment_by_name("suspend-pause")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-
-    def epochs(run: Any) -> list[int]:
-        return sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+    trials = TrialRuns(client, "suspend-pause")
+    children, epochs = trials.children, trials.epochs
 
     def a_trial_done_and_one_midway() -> bool:  # read from MLflow: the status lags by a resync
         reported = [len(epochs(run)) for run in children()]

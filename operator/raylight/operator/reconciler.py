@@ -48,6 +48,7 @@ from .state import (
     find_condition,
     invalid_status,
     observe_rayjob,
+    parse_time,
     refused_pods_source,
     status_patch,
     transition,
@@ -215,9 +216,8 @@ class Reconciler:
         if progress is not None and progress.run_hash != digest:
             progress = None
         pods, recheck = self._explain_stuck(key, self.cache.pods(key))
-        source = refused_pods_source(plan.rayjob, pods) if plan.rayjob is not None else None
         refusal = None
-        if plan.rayjob is not None and source is not None:
+        if plan.rayjob is not None and (source := refused_pods_source(plan.rayjob, pods)) is not None:
             refusal = self._explain_refused(key, plan.rayjob, source)
             recheck = STUCK_RECHECK_S if recheck is None else min(recheck, STUCK_RECHECK_S)
         seen = Observation(
@@ -272,7 +272,7 @@ class Reconciler:
         if not created:
             return None
         kind, name = source
-        since = datetime.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        since = parse_time(str(created))
         try:
             warning = self.kube.latest_warning_about(key[1], kind, name, REFUSAL_REASONS[kind], since)
         except (ApiException, HTTPError) as exc:  # only an explanation: the status is right without it

@@ -165,7 +165,12 @@ def creating_since(pod: dict[str, Any]) -> datetime.datetime | None:
         return None
     scheduled = find_condition(status, "PodScheduled") or {}
     since = scheduled.get("lastTransitionTime") if scheduled.get("status") == "True" else None
-    return datetime.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+    return parse_time(since) if since else None
+
+
+def parse_time(stamp: str) -> datetime.datetime:
+    """A Kubernetes timestamp (RFC 3339, "Z" for UTC) as an aware datetime."""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 # Admission (Pod Security, a quota, a policy webhook) refuses a pod before it exists: KubeRay says so
