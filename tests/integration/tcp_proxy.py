@@ -1,5 +1,6 @@
-"""A TCP proxy in front of the test cluster's API server, for network faults a real client meets:
-connections that go silent without closing, and a server that refuses connections.
+"""A TCP proxy in front of a real server (the test cluster's API server, Ray's dashboard), for
+network faults a real client meets: connections that go silent without closing, a server that
+refuses connections, WebSocket streams that end before their job does.
 
 TLS passes through untouched (the API server's certificate names 127.0.0.1, whatever the port).
 """
@@ -10,6 +11,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +100,24 @@ class TcpProxy:
                         each.shutdown(socket.SHUT_RDWR)
                         each.close()
             self._connections.clear()
+
+    def end_websockets(self) -> None:
+        """Every open connection is sent a WebSocket close frame (1000, a normal close) and closed,
+        as a server ends a stream it is done with: the client cannot tell it from the real end.
+        Forwarding stops first, so the frame lands between two of the server's (small) frames."""
+        with self._lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for _, _, silenced in connections:
+            silenced.set()
+        time.sleep(0.5)  # a pump in select() forwards at most what it had read (0.2 s)
+        for downstream, upstream, _ in connections:
+            with contextlib.suppress(OSError):
+                downstream.sendall(b"\x88\x02\x03\xe8")  # FIN + close opcode, 2 bytes of payload: 1000
+            for each in (downstream, upstream):
+                with contextlib.suppress(OSError):
+                    each.shutdown(socket.SHUT_RDWR)
+                    each.close()
 
     def heal(self) -> None:
         self._silent_now.clear()

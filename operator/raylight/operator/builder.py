@@ -307,7 +307,7 @@ def build_rayjob(resource: Resource, settings: OperatorSettings) -> dict[str, An
     rayjob_spec: dict[str, Any] = {
         "entrypoint": entrypoint,
         "submissionMode": "K8sJobMode",
-        "submitterPodTemplate": submitter_template(pods),
+        "submitterPodTemplate": submitter_template(pods, entrypoint),
         # KubeRay only suspends a RayJob that tears its cluster down when it finishes.
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,

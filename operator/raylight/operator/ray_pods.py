@@ -172,11 +172,16 @@ def worker_template(pods: RunPods, resources: dict[str, str]) -> dict[str, Any]:
     return pods.pod("worker", [container], volumes=pods.volumes(), **placement, terminationGracePeriodSeconds=grace)
 
 
-def submitter_template(pods: RunPods) -> dict[str, Any]:
-    """KubeRay's submitter Job's pod: it only runs `ray job submit` and follows the driver's log.
-    KubeRay's default reserves half a CPU for that, which a small node then lacks for the workers."""
+def submitter_template(pods: RunPods, entrypoint: str) -> dict[str, Any]:
+    """KubeRay's submitter Job's pod: it submits the Ray job and follows the driver's log.
+    KubeRay's default reserves half a CPU for that, which a small node then lacks for the workers.
+
+    Its command is the trainer image's submitter, not KubeRay's `ray job submit` + `ray job logs
+    --follow`: KubeRay fails a running job 30 s after that command ends, and the log stream can end
+    while the job runs (raylight_trainer.runtime.submitter says when)."""
     container = pods.container("ray-job-submitter", {"requests": {"cpu": "100m", "memory": "256Mi"},
                                                      "limits": {"memory": "1Gi"}})
+    container["command"] = ["python", "-m", "raylight_trainer.runtime.submitter", "--entrypoint", entrypoint]
     template = pods.pod("submitter", [container], restartPolicy="Never")
     # It needs no ServiceAccount of the run's and no priority of its own: what it always had.
     for key in ("serviceAccountName", "priorityClassName"):
