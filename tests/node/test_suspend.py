@@ -13,7 +13,7 @@ import yaml
 
 from .conftest import OPERATOR_PODS, Node, Release, TrialRuns, mlflow_client, pods_of, results_cluster, wait_for
 
-EPOCHS, TRIALS = 10, 3
+EPOCHS, TRIALS = 6, 3  # the smallest sweep with a finished trial and a cut one at the suspend
 
 
 def small_sweep(name: str) -> dict[str, Any]:
