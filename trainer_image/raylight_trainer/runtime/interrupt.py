@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from .procfs import all_pids, stat_fields
 
@@ -32,6 +32,7 @@ class _State:
 
 
 _state = _State()
+_work_running: set[object] = set()  # one token per in_background_thread work not yet returned
 
 
 def received_signal() -> int | None:
@@ -167,14 +168,33 @@ def ending_at_once_on_a_signal(code: int) -> None:
 
     def end(signum: int, frame: Any) -> None:
         sys.stderr.write(f"{signal_name(signum)} while exiting: stopped at once\n")
-        sys.stderr.flush()
-        for pid in _descendants(os.getpid()):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        os._exit(code or exit_code(signum))
+        end_now(code or exit_code(signum))
 
     for signum in _SIGNALS:
         signal.signal(signum, end)
+
+
+def end_now(code: int) -> NoReturn:
+    """Kill the processes this one started (a local Ray's), then exit with code, at once.
+
+    No other thread runs Python meanwhile: one waiting inside Ray, woken by its raylet's death,
+    would otherwise go on in a Ray whose processes are gone (and Ray may end the process with its
+    own exit code). The kills release no GIL, and the interpreter is told not to switch threads."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    doomed = _descendants(os.getpid())  # reads /proc, which lets other threads run: before the kills
+    sys.setswitchinterval(3600)
+    for pid in doomed:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    os._exit(code)
+
+
+def work_left_in_background() -> bool:
+    """Whether work handed to in_background_thread still runs (an interrupt left it behind). Its
+    own flag, not Thread.is_alive(): a join that Ctrl-C interrupts marks the thread stopped while
+    it runs on (Python 3.11's _wait_for_tstate_lock releases the lock the running thread holds)."""
+    return bool(_work_running)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -205,14 +225,18 @@ def in_background_thread(work: Callable[[], T]) -> T:
     gracefully and ignores a second Ctrl-C, is not installed outside the main thread. Work left
     behind ends with the process (Ray's workers with their driver)."""
     outcome: dict[str, Any] = {}
+    token = object()
 
     def run() -> None:
         try:
             outcome["value"] = work()
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
+        finally:
+            _work_running.discard(token)
 
     thread = threading.Thread(target=run, daemon=True, name="raylight-fit")
+    _work_running.add(token)
     thread.start()
     while thread.is_alive():
         thread.join(0.5)
