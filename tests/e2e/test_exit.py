@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from raylight_trainer.runtime.procfs import stat_fields
+
 # Runs its own Ray instance (one process); no other instance may be alive meanwhile.
 pytestmark = pytest.mark.slow
 
@@ -61,10 +63,8 @@ def test_an_interrupt_that_leaves_work_inside_ray_ends_with_its_code_and_no_ray_
     assert ray_pids, "the local Ray started processes"
 
     def running(pid: int) -> bool:  # a killed process whose parent is gone may linger as a zombie
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
+        fields = stat_fields(pid)
+        return fields is not None and fields[0] != "Z"
 
     deadline = time.monotonic() + 30
     while any(running(pid) for pid in ray_pids) and time.monotonic() < deadline:

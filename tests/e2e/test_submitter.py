@@ -11,6 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from raylight_trainer.runtime.submitter import job_status
 from tests.integration.tcp_proxy import TcpProxy
 from tests.kube import wait_for
 
@@ -22,8 +23,7 @@ def _job_status(dashboard: str, job_id: str) -> str | None:
     """The job's status, read straight from the dashboard (not through the proxy)."""
     from ray.job_submission import JobSubmissionClient
 
-    jobs = JobSubmissionClient(f"http://{dashboard}").list_jobs()
-    return next((str(job.status.value) for job in jobs if job.submission_id == job_id), None)
+    return job_status(JobSubmissionClient(f"http://{dashboard}"), job_id)
 
 
 def test_the_submitter_follows_the_job_to_its_end_when_the_log_stream_ends_early(

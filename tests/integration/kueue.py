@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from raylight.api.cluster import quantity_value
 from raylight_trainer.runtime.ports import free_port
 from tests.kube import CLUSTER_SCRIPTS, Cluster, stop_process, wait_for
 
@@ -177,10 +178,7 @@ def admitted(workload: dict[str, Any] | None) -> bool:
 
 def milli(quantity: str) -> int:
     """A quantity in thousandths of its unit (cpu "500m" -> 500, memory "4Gi" -> 4 * 2**30 * 1000)."""
-    units = {"m": 1, "": 1000, "k": 10**6, "M": 10**9, "G": 10**12, "Ki": 1024 * 1000, "Mi": 2**20 * 1000,
-             "Gi": 2**30 * 1000, "Ti": 2**40 * 1000}
-    number = quantity.rstrip("mkMGTi")
-    return int(float(number) * units[quantity[len(number):]])
+    return round(quantity_value(quantity) * 1000)
 
 
 def requested(workload: dict[str, Any]) -> dict[str, str]:

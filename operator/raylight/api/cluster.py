@@ -27,13 +27,18 @@ _SUFFIX_FACTORS = {"": 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 1
                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 
-def quantity_bytes(value: str) -> int:
-    """A Kubernetes quantity (8Gi, 500M, 1e9 is not one) as a whole number."""
+def quantity_value(value: str) -> float:
+    """A Kubernetes quantity (500m, 8Gi, 500M; 1e9 is not one) as a number."""
     match = _QUANTITY.match(value)
     if not match:
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500Mi, 8Gi)")
     number = value[: len(value) - len(match.group(2) or "")]
-    return int(float(number) * _SUFFIX_FACTORS[match.group(2) or ""])
+    return float(number) * _SUFFIX_FACTORS[match.group(2) or ""]
+
+
+def quantity_bytes(value: str) -> int:
+    """A Kubernetes quantity (8Gi, 500M, 1e9 is not one) as a whole number."""
+    return int(quantity_value(value))
 
 
 def _check_quantity(value: str | None) -> str | None:
