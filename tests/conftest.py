@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from raylight_trainer.runtime.ports import free_port
+from tests.node import bring_up as node_bring_up
 
 # Each test's wall time by area, for tests/run's budget table (tests/budget.py); tests/run --quick's
 # selection (tests/quick.py).
@@ -202,10 +203,32 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+# The order tests run in: the host test sees a host without a node; the unit and API-server tests
+# run while the node comes up behind them (tests/node/bring_up.py); the node's tests before the
+# e2e tests, and never beside them: its Ray pods are processes on this host, and a local Ray started
+# while they run would see them (and refuse to start a sweep).
+_ORDER = ("tests/node/test_cluster_host.py", "tests/unit/", "tests/integration/", "tests/node/", "tests/e2e/")
+
+
+def _order_of(item: pytest.Item) -> int:
+    path = Path(str(item.fspath)).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    return next((rank for rank, prefix in enumerate(_ORDER) if path.startswith(prefix)), len(_ORDER))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The node's tests last: its Ray pods are processes on this host, and a local Ray started
-    by another test while they run would see them (and refuse to start a sweep)."""
-    items.sort(key=lambda item: "/tests/node/" in str(item.fspath))
+    items.sort(key=_order_of)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    node_bring_up.plan(session.items)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    node_bring_up.start_if_due(item)
+
+
+def pytest_sessionfinish() -> None:
+    node_bring_up.abandon()
 
 
 _SESSION = pytest.StashKey[pytest.Session]()

@@ -7,9 +7,11 @@ gets them from spec.cluster.storageSecret: Ray's workers read the store with the
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,43 +137,61 @@ def test_a_job_on_the_store_stopped_by_sigterm_resumes_from_the_store(
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1, "one copy of the dataset"
 
 
-def test_an_asha_sweep_on_the_store_interrupted_resumes_without_rerunning_trials(
+def test_an_asha_sweep_on_the_store_killed_resumes_without_rerunning_finished_trials(
         tmp_path: Path, mlflow_server: str, object_store: ObjectStore, store_env: dict[str, str]) -> None:
-    """Its trials read a CIFAR-format dataset from the store, each through the node's one copy."""
+    """The driver SIGKILLed once a trial has ended, then the same command: Tune's state, the
+    checkpoints and the scheduler's rungs come back from the store, what ended is not trained again,
+    and nothing has two child runs. Its trials read a CIFAR-format dataset from the store through
+    the node's one copy, and are data-parallel (2 workers), so that a sweep whose trials drive Ray
+    Train worker groups stays covered (the other sweeps' one-worker trials train in their Tune
+    trials' own processes). Ctrl-C's graceful stop of a sweep: test_interrupt."""
     bucket = f"s3://{object_store.make_bucket()}"
     write_cifar10(tmp_path / "cifar", per_batch=300)
     upload(tmp_path / "cifar", f"{bucket}/datasets/cifar")
     doc = sweep_doc("s3-asha", numSamples=3, maxConcurrentTrials=1,
-                    scheduler={"asha": {"gracePeriod": 2, "reductionFactor": 2}})
-    doc["spec"]["trial"]["training"]["maxEpochs"] = 4
+                    scheduler={"asha": {"gracePeriod": 1, "reductionFactor": 2}})
+    doc["spec"]["trial"]["training"]["maxEpochs"] = 2
     doc["spec"]["trial"]["data"] = {"dataset": "cifar10", "path": "cifar"}
     doc["spec"]["trial"]["model"]["imageSize"] = 32
+    doc["spec"]["trial"]["resources"] = {"workers": 2, "cpusPerWorker": 1}
     manifest = tmp_path / "sweep.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     command = run_command(manifest, mlflow_server, f"{bucket}/runs")
     client = MlflowClient(mlflow_server)
     log = tmp_path / "first.log"
     first = start(command, tmp_path, store_env, log)
+    ended = re.compile(r"trial (\S+) (?:finished|stopped early by ASHA)")
+    wait_until(first, log, lambda: bool(ended.search(log.read_text())), interval=0.5)
+    time.sleep(4)  # let Tune write its experiment state after the trial ended
+    killed_at = time.time()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    # Its log is a file, not a terminal: a line per trial event and epoch, there as they happened.
+    first_lines = log.read_text()
+    done_before = set(ended.findall(first_lines))
+    for trial_id in done_before:
+        assert f"trial {trial_id} started" in first_lines, first_lines[-3000:]
+        assert re.search(rf"trial {trial_id} epoch \d/2 val_acc=\d\.\d{{4}}", first_lines), first_lines[-3000:]
 
-    def a_trial_midway() -> bool:
-        return any(r.data.metrics.get("epoch", 0) >= 1
-                   for r in runs_tagged(client, "e2e-s3-asha", "tags.`raylight.kind` = 'Trial'"))
-
-    wait_until(first, log, a_trial_midway, interval=0.2)
-    code, out, _ = stop(first, log, signal.SIGINT, group=True)
-    assert code == 130, log.read_text()[-3000:]
-    parent_id = yaml.safe_load(out)["mlflow"]["parentRunId"]
     second = subprocess.run(command, cwd=tmp_path, env=store_env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = yaml.safe_load(second.stdout)
-    assert resumed["resumed"] is True and resumed["mlflow"]["parentRunId"] == parent_id
+    assert resumed["resumed"] is True
     assert resumed["trials"]["total"] == 3 and resumed["trials"]["failed"] == 0
-    assert len(runs_tagged(client, "e2e-s3-asha", "tags.`raylight.kind` = 'TuneSweep'")) == 1
-    children = child_runs(client, resumed["mlflow"]["experimentId"], parent_id)
-    assert len(children) == 3 and len({r.data.tags["raylight.trial_id"] for r in children}) == 3
+    parents = runs_tagged(client, "e2e-s3-asha", "tags.`raylight.kind` = 'TuneSweep'")
+    assert len(parents) == 1 and parents[0].info.run_id == resumed["mlflow"]["parentRunId"]
+    children = child_runs(client, resumed["mlflow"]["experimentId"], parents[0].info.run_id)
+    trial_ids = [r.data.tags["raylight.trial_id"] for r in children]
+    assert len(trial_ids) == 3 and len(set(trial_ids)) == 3, trial_ids
+    # The resumed run's log shows the epochs of every trial that had not ended before.
+    shown = set(re.findall(r"trial (\S+) epoch \d/2", second.stderr))
+    assert set(trial_ids) - done_before <= shown, (sorted(done_before), second.stderr[-3000:])
     for run in children:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        steps = [m.step for m in history]
         assert steps and sorted(steps) == list(range(1, max(steps) + 1)), steps  # no epoch twice, no gap
+        if run.data.tags["raylight.trial_id"] in done_before:
+            assert max(m.timestamp for m in history) / 1000 < killed_at, "an ended trial was trained again"
     assert resumed["mlflow"]["modelUri"], "the best trial's checkpoint was read back from the store"
     assert "experiment_state" in " ".join(objects_under(f"{bucket}/runs/default/s3-asha"))
     assert not (tmp_path / "raylight_results").exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import urllib.request
 from collections.abc import Generator, Iterator
@@ -20,7 +19,8 @@ import pytest
 import yaml
 
 from tests.budget import record_stage
-from tests.kube import CLUSTER_SCRIPTS, Cluster, cluster_from, wait_for
+from tests.kube import Cluster, cluster_from, wait_for
+from tests.node.bring_up import take as take_bring_up
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE, RELEASE_NAMESPACE = "raylight", "raylight-system"
@@ -75,24 +75,28 @@ def results_cluster(head_memory: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+@pytest.fixture(scope="package")
+def node() -> Iterator[Node]:
+    """The node tests/node/bring_up.py started while the tests before these ran, once it is up; taken
+    down after the last test here (the e2e tests after them run a local Ray)."""
     if os.geteuid() != 0:
         pytest.skip("the test node needs root: its containerd, bridge, iptables rules and cgroups")
-    directory = tmp_path_factory.mktemp("node")
+    bring_up = take_bring_up()
     try:
-        started = time.monotonic()
-        up = subprocess.run([str(CLUSTER_SCRIPTS / "up"), "--node", str(directory)], capture_output=True,
-                            text=True, timeout=3600)
-        record_stage("node: up", time.monotonic() - started)
+        needed = time.monotonic()
+        code, log = bring_up.wait(timeout=3600)
+        waited = time.monotonic() - needed
+        record_stage("node: up", waited)
         (REPO / "build").mkdir(exist_ok=True)
-        (REPO / "build" / "node-up.log").write_text(up.stderr)  # what took its time: kept after the run
+        (REPO / "build" / "node-up.log").write_text(  # what took its time: kept after the run
+            f"{log}tests/cluster/up --node had run {needed - bring_up.started:.0f} s when the node's tests "
+            f"needed it; they waited {waited:.0f} s more\n")
         # Why it failed, in the error's own line: a CI log may keep nothing else of a fixture's output.
-        assert up.returncode == 0, f"tests/cluster/up --node failed ({up.returncode}): {up.stderr[-3000:]}"
-        cluster, env = cluster_from(directory)
+        assert code == 0, f"tests/cluster/up --node failed ({code}): {log[-3000:]}"
+        cluster, env = cluster_from(bring_up.directory)
         yield Node(cluster, env)
     finally:
-        subprocess.run([str(CLUSTER_SCRIPTS / "down"), str(directory)], check=False, timeout=300)
+        bring_up.take_down()
 
 
 @dataclass
@@ -102,7 +106,7 @@ class Release:
     mlflow_service_host: str  # the Host header pods send: the Service's DNS name and port
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def raylight(node: Node) -> Iterator[Release]:
     """`helm install` of charts/raylight: the operator and the bundled MLflow, as pods."""
     cluster, env = node.cluster, node.env

@@ -49,8 +49,8 @@ def test_quick_picks_the_e2e_files_that_name_a_changed_module() -> None:
     assert module_name("trainer_image/raylight_trainer/runtime/storage.py") == "raylight_trainer.runtime.storage"
     assert module_name("operator/raylight/api/__init__.py") == "raylight.api"
     assert module_name("README.md") is None
-    picked = e2e_tests_for(["trainer_image/raylight_trainer/runtime/storage.py", "tests/e2e/test_resume.py"])
-    assert "tests/e2e/test_resume.py" in picked  # changed itself
+    picked = e2e_tests_for(["trainer_image/raylight_trainer/runtime/storage.py", "tests/e2e/test_interrupt.py"])
+    assert "tests/e2e/test_interrupt.py" in picked  # changed itself
     assert "tests/e2e/test_object_storage.py" in picked  # names raylight_trainer.runtime.storage
     assert "tests/e2e/test_gpu_check.py" not in picked
     assert e2e_tests_for(["README.md"]) == []
