@@ -19,6 +19,8 @@ from raylight_trainer.runtime.procfs import stat_fields
 pytestmark = pytest.mark.slow
 
 SCRIPT = '''
+import faulthandler
+faulthandler.dump_traceback_later(120, exit=True)  # hung: every thread's stack, and an end
 import os, signal, sys, threading, time
 from pathlib import Path
 import ray
@@ -56,7 +58,7 @@ def test_an_interrupt_that_leaves_work_inside_ray_ends_with_its_code_and_no_ray_
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     ended = subprocess.run([sys.executable, str(script), str(marker)], capture_output=True, text=True,
-                           timeout=300, env=env)
+                           timeout=180, env=env)
     assert ended.returncode == 130, ended.stderr[-3000:]
     assert not marker.exists(), "the waiting work went on inside Ray as it was shut down"
     ray_pids = [int(pid) for pid in ended.stdout.split()]

@@ -381,17 +381,18 @@ def exit_quickly(code: int) -> NoReturn:
     from .runtime.interrupt import end_now, ending_at_once_on_a_signal, work_left_in_background
 
     ending_at_once_on_a_signal(code)
-    # What the interpreter does first at exit: threading's own exit hooks (they stop the idle
-    # workers of every ThreadPoolExecutor still referenced, as MLflow keeps one for artifact
-    # copies), then it joins the non-daemon threads. Joining without the hooks waited forever.
-    threading._shutdown()  # type: ignore[attr-defined]
     if work_left_in_background():
         # An interrupted TrainingJob leaves its fit waiting inside a Ray call. Ray's shutdown (an
         # exit handler) would wake it there, and its first touch of the shut-down core worker
         # makes Ray end the process with exit code 1 (an e2e run on a loaded machine exited 1, not
         # 143, after SIGTERM). Nothing else needs the exit handlers then: the local Ray's
-        # processes are killed, as on a second signal.
+        # processes are killed, as on a second signal. Before threading's exit hooks too: they
+        # join threads, and one may wait on the work left inside Ray (a CI run hung there once).
         end_now(code)
+    # What the interpreter does first at exit: threading's own exit hooks (they stop the idle
+    # workers of every ThreadPoolExecutor still referenced, as MLflow keeps one for artifact
+    # copies), then it joins the non-daemon threads. Joining without the hooks waited forever.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
