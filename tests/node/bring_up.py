@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -73,13 +72,9 @@ class BringUp:
 
     def take_down(self) -> None:
         """Stop an `up` still running (its group: the builds under it), then undo what it did."""
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+        from tests.conftest import stop_group  # imported here: tests.conftest imports this module
+
+        stop_group(self.process)
         subprocess.run([str(CLUSTER_SCRIPTS / "down"), str(self.directory)], check=False, timeout=300)
         shutil.rmtree(self.holder, ignore_errors=True)
 
